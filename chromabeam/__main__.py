@@ -1,0 +1,3 @@
+from chromabeam.pipelines.cli import main
+
+raise SystemExit(main())

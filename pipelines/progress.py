@@ -1,0 +1,51 @@
+"""Progress while a job runs: records done / total, rate and ETA.
+
+On a terminal the line rewrites itself; otherwise (logs, CI) a plain line at most every
+few seconds. Each worker process reports its own share.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import apache_beam as beam
+
+
+class ProgressFn(beam.DoFn):
+    """Pass-through DoFn that reports how many results this worker has produced."""
+
+    def __init__(self, task: str, *, every_s: float = 2.0):
+        self._task = task
+        self._every = every_s
+        self._ok = beam.metrics.Metrics.counter("chromabeam", "rows_ok")
+        self._err = beam.metrics.Metrics.counter("chromabeam", "rows_error")
+
+    def setup(self):
+        self._done = 0
+        self._start = time.monotonic()
+        self._last = 0.0
+        self._tty = sys.stderr.isatty()
+
+    def process(self, result, total):
+        self._done += 1
+        (self._ok if result.row.status == "ok" else self._err).inc()
+        now = time.monotonic()
+        if now - self._last >= self._every:
+            self._last = now
+            self._report(now, total)
+        yield result
+
+    def teardown(self):
+        if getattr(self, "_done", 0) and self._tty:
+            sys.stderr.write("\n")
+
+    def _report(self, now: float, total: int) -> None:
+        elapsed = max(now - self._start, 1e-6)
+        rate = self._done / elapsed
+        eta = f", ETA {max(total - self._done, 0) / rate:.0f} s" if total and rate > 0 else ""
+        line = f"chromabeam {self._task}: {self._done}/{total or '?'} rows ({rate:.1f}/s{eta})"
+        if self._tty:
+            sys.stderr.write("\r" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()

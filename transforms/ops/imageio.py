@@ -1,0 +1,144 @@
+"""Image bytes ⇄ pixels with Pillow. Pure: bytes in, arrays out (no Beam, no storage).
+
+Decoding policy (what every input becomes):
+- EXIF orientation is applied, then the EXIF is dropped.
+- Output is always 8-bit RGB, shape (H, W, 3), uint8.
+- CMYK, L, LA, P, I;16/I, F, YCbCr, … are converted to RGB; 16-bit and float data are
+  scaled to 8 bits (not clipped) by their nominal range.
+- Alpha (RGBA, LA, P with transparency) is composited over white: filtered photos with
+  alpha are rare, and white matches how browsers and catalogs show them.
+- Animated images (GIF, WebP, APNG) give their first frame.
+- Images over ``max_pixels`` (default 80 MP) are refused from the header alone, before
+  any pixel is decoded, so a decompression bomb is an error row, never an OOM.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 80_000_000
+FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+
+# Truncated files must fail loudly (an error row), not decode grey bottoms.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class DecodeError(ValueError):
+    """Bytes that are not a usable image; the message is the reason for the manifest."""
+
+
+def probe_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the header only."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DecodeError(_reason(data, exc)) from None
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes to RGB uint8 of shape (H, W, 3) per the module policy."""
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise DecodeError(
+                        f"image is {w}x{h} = {w * h / 1e6:.1f} MP, over the {max_pixels / 1e6:g} MP limit "
+                        "(raise --max-pixels if it is genuine)"
+                    )
+                if w == 0 or h == 0:
+                    raise DecodeError(f"image has zero size {w}x{h}")
+                im.seek(0)
+                im.load()
+                rgb = _to_rgb(ImageOps.exif_transpose(im) if _has_orientation(im) else im)
+                return np.asarray(rgb, dtype=np.uint8).copy()
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"decompression bomb refused by Pillow: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(_reason(data, exc)) from None
+
+
+def _has_orientation(im: Image.Image) -> bool:
+    try:
+        return im.getexif().get(0x0112, 1) not in (1, None)
+    except Exception:  # corrupt EXIF: keep the pixels, ignore the tag
+        return False
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im).astype(np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        gray = np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+        gray = np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _reason(data: bytes, exc: BaseException) -> str:
+    head = data[:64].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml")):
+        return "not an image: the bytes are an HTML/XML document (an error page saved as an image?)"
+    msg = str(exc) or type(exc).__name__
+    if isinstance(exc, UnidentifiedImageError):
+        return f"not a recognised image format ({len(data)} bytes): {msg}"
+    if "truncated" in msg.lower() or isinstance(exc, EOFError):
+        return f"truncated image data ({len(data)} bytes): {msg}"
+    return f"cannot decode image ({type(exc).__name__}): {msg}"
+
+
+def encode_image(pixels: np.ndarray, fmt: str = "jpg", quality: int = 95) -> bytes:
+    """Encode RGB uint8 (H, W, 3) as jpg/png/webp. Deterministic bytes for equal input."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"encode_image expects uint8 (H, W, 3), got {pixels.dtype} {pixels.shape}")
+    key = fmt.lower()
+    if key not in FORMATS:
+        raise ValueError(f"unknown image format {fmt!r}; expected one of jpg, png, webp")
+    buf = io.BytesIO()
+    im = Image.fromarray(pixels, "RGB")
+    if FORMATS[key] == "JPEG":
+        im.save(buf, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, optimize=False)
+    elif FORMATS[key] == "WEBP":
+        im.save(buf, "WEBP", quality=quality, method=4)
+    else:
+        im.save(buf, "PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def extension(fmt: str) -> str:
+    return "jpg" if fmt.lower() in ("jpg", "jpeg") else fmt.lower()
+
+
+def to_float(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) → torch float32 (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """torch float (3, H, W) in [0, 1] → uint8 (H, W, 3), rounded."""
+    return image.detach().clamp(0, 1).mul(255.0).round_().to("cpu", dtype=torch.uint8).permute(1, 2, 0).numpy()

@@ -1,0 +1,237 @@
+"""Read image records from shards named by an fsspec URL or glob.
+
+Formats, chosen by extension: WebDataset ``.tar`` (samples grouped by key, the image
+member picked by extension), ``.parquet`` with ``key`` + ``image`` (bytes) columns, and
+plain image files (key = file stem). Shards stream: tars are read member by member,
+Parquet by record batch. Anything unreadable becomes a ``ReadError`` (→ an error row)
+naming the record or shard and the reason; other records are never dropped.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+import tarfile
+from typing import Iterator
+
+import apache_beam as beam
+
+from chromabeam.schemas.records import ImageRecord, ReadError
+from chromabeam.transforms import storage
+from chromabeam.transforms.ops.imageio import EXTENSIONS as IMAGE_EXTENSIONS
+
+SHARD_EXTENSIONS = (".tar", ".parquet", *IMAGE_EXTENSIONS)
+# Member extensions tried, in order, for a WebDataset sample's image.
+_IMAGE_MEMBER_EXTS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+_PARQUET_BATCH = 32
+
+
+def key_problem(key: str | None, *, webdataset: bool = False) -> str | None:
+    """Why ``key`` cannot be used (None when it is fine)."""
+    if key is None or key == "":
+        return "empty key"
+    if "\x00" in key:
+        return "key contains a NUL byte"
+    if "/" in key or "\\" in key:
+        return f"key {key!r} contains a path separator"
+    if key in (".", "..") or ".." in key:
+        return f"key {key!r} contains '..'"
+    if webdataset and "." in key:
+        return f"WebDataset key {key!r} contains '.'"
+    if len(key.encode("utf-8", "surrogateescape")) > 512:
+        return f"key is {len(key)} characters long (limit 512)"
+    return None
+
+
+def shard_format(url: str) -> str:
+    lower = url.lower()
+    if lower.endswith(".tar"):
+        return "webdataset"
+    if lower.endswith(".parquet"):
+        return "parquet"
+    if lower.endswith(IMAGE_EXTENSIONS):
+        return "image"
+    raise ValueError(f"{storage.redact(url)}: unsupported extension; expected .tar, .parquet or an image")
+
+
+def list_shards(url: str) -> list[str]:
+    """Expand an input URL/glob into shard URLs, once. Raises StorageError if nothing matches."""
+    shards = storage.expand(url, extensions=SHARD_EXTENSIONS)
+    if not shards:
+        raise storage.StorageError(
+            f"no input found at {storage.redact(url)} (looked for .tar, .parquet and image files)"
+        )
+    return shards
+
+
+def _stem(url: str) -> str:
+    name = storage.basename(url)
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def read_shard(url: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[ImageRecord | ReadError]:
+    """Every record of one shard, as ImageRecord or ReadError, in shard order."""
+    fmt = shard_format(url)
+    if fmt == "image":
+        yield from _read_image_file(url, max_bytes)
+    elif fmt == "webdataset":
+        yield from _read_tar(url, max_bytes)
+    else:
+        yield from _read_parquet(url, max_bytes)
+
+
+def _read_image_file(url: str, max_bytes: int) -> Iterator[ImageRecord | ReadError]:
+    key = _stem(url)
+    problem = key_problem(key)
+    if problem:
+        yield ReadError(key or storage.basename(url), url, problem)
+        return
+    try:
+        fs, path = storage.filesystem(url)
+        size = fs.size(path)
+        if size is not None and size > max_bytes:
+            yield ReadError(key, url, f"file is {size} bytes, over the {max_bytes}-byte limit")
+            return
+        yield ImageRecord(key, url, storage.read_bytes(url))
+    except Exception as exc:  # storage faults are per-record: keep going
+        yield ReadError(key, url, f"cannot read file: {type(exc).__name__}: {exc}")
+
+
+_WDS_SPLIT = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
+
+
+def _split_member(name: str) -> tuple[str, str] | None:
+    """WebDataset convention: key = path up to the first dot of the base name."""
+    m = _WDS_SPLIT.match(name)
+    return (m.group(1), m.group(2).lower()) if m else None
+
+
+def _read_tar(url: str, max_bytes: int) -> Iterator[ImageRecord | ReadError]:
+    current: str | None = None
+    members: dict[str, bytes] = {}
+    problems: list[str] = []
+    count = 0
+
+    def flush() -> Iterator[ImageRecord | ReadError]:
+        if current is None:
+            return
+        src = f"{url}#{current}"
+        problem = key_problem(current, webdataset=True)
+        if problem:
+            yield ReadError(_safe_key(current), src, f"tar member: {problem}")
+            return
+        ext = next((e for e in _IMAGE_MEMBER_EXTS if e in members), None)
+        if ext is None:
+            found = ", ".join(sorted(members)) or "none"
+            reason = "; ".join(problems) or f"sample has no image member (members: {found})"
+            yield ReadError(current, src, reason)
+            return
+        meta = {"member": f"{current}.{ext}"}
+        if "json" in members:
+            meta["json"] = members["json"].decode("utf-8", "replace")
+        yield ImageRecord(current, f"{url}#{current}.{ext}", members[ext], meta)
+
+    try:
+        with storage.open_url(url, "rb") as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
+            for info in tar:
+                split = _split_member(info.name)
+                key = split[0] if split else info.name
+                if key != current:
+                    yield from flush()
+                    count += current is not None
+                    current, members, problems = key, {}, []
+                if not info.isfile():
+                    problems.append(f"member {info.name!r} is not a regular file")
+                    continue
+                if split is None:
+                    problems.append(f"member {info.name!r} has no extension")
+                    continue
+                if info.size > max_bytes:
+                    problems.append(f"member {info.name!r} is {info.size} bytes, over the limit")
+                    continue
+                data = tar.extractfile(info)
+                members[split[1]] = data.read() if data else b""
+            yield from flush()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        if current is not None and members:
+            yield from flush()
+        where = f"after {count} samples" if count else "at the start"
+        yield ReadError(_stem(url), url, f"unreadable tar shard {where} ({type(exc).__name__}: {exc}); later samples lost")
+    except storage.StorageError as exc:
+        yield ReadError(_stem(url), url, str(exc))
+
+
+def _safe_key(key: str) -> str:
+    """A printable stand-in for an invalid key (the manifest keeps the reason)."""
+    return key.replace("\x00", "\\0")
+
+
+def _read_parquet(url: str, max_bytes: int) -> Iterator[ImageRecord | ReadError]:
+    import pyarrow.parquet as pq
+
+    stem = _stem(url)
+    try:
+        with storage.open_url(url, "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            names = pf.schema_arrow.names
+            missing = [c for c in ("key", "image") if c not in names]
+            if missing:
+                yield ReadError(stem, url, f"Parquet shard lacks column(s) {missing}; it has {names}")
+                return
+            row = 0
+            for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, columns=["key", "image"]):
+                keys = batch.column(0).to_pylist()
+                images = batch.column(1)
+                for i, key in enumerate(keys):
+                    src = f"{url}#row={row}"
+                    row += 1
+                    key = None if key is None else str(key)
+                    problem = key_problem(key)
+                    if problem:
+                        yield ReadError(key or f"{stem}-row{row - 1}", src, problem)
+                        continue
+                    value = images[i].as_py()
+                    if value is None:
+                        yield ReadError(key, src, "image column is null")
+                    elif not isinstance(value, (bytes, bytearray)):
+                        yield ReadError(key, src, f"image column holds {type(value).__name__}, not bytes")
+                    elif len(value) > max_bytes:
+                        yield ReadError(key, src, f"image is {len(value)} bytes, over the limit")
+                    else:
+                        yield ImageRecord(key, src, bytes(value))
+    except storage.StorageError as exc:
+        yield ReadError(stem, url, str(exc))
+    except Exception as exc:  # corrupt footer, truncated row group, ...
+        yield ReadError(stem, url, f"unreadable Parquet shard ({type(exc).__name__}: {exc})")
+
+
+class ReadShardFn(beam.DoFn):
+    """shard URL → ImageRecord | ReadError (thin: delegates to ``read_shard``)."""
+
+    def __init__(self, *, max_bytes: int = DEFAULT_MAX_BYTES):
+        self._max_bytes = max_bytes
+
+    def process(self, url: str):
+        yield from read_shard(url, max_bytes=self._max_bytes)
+
+
+class ReadImages(beam.PTransform):
+    """PBegin → PCollection[ImageRecord | ReadError] for an input URL or glob.
+
+    Listing happens once, at construction (in the driver), so a bad URL fails before the
+    pipeline starts; shards are then read in parallel after a reshuffle.
+    """
+
+    def __init__(self, url: str, *, max_bytes: int = DEFAULT_MAX_BYTES, label: str = "input"):
+        super().__init__()
+        self.shards = list_shards(url)
+        self._max_bytes = max_bytes
+        self._label = label
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "ListShards" >> beam.Create(self.shards)
+            | "SpreadShards" >> beam.Reshuffle()
+            | "ReadShard" >> beam.ParDo(ReadShardFn(max_bytes=self._max_bytes))
+        )
