@@ -7,8 +7,10 @@ applies the sRGB decoding CCTF by default) and ``colour.XYZ_to_Lab``:
 - sRGB → XYZ uses the IEC 61966-2-1 matrix rounded to 4 decimals (colour's
   ``RGB_COLOURSPACES['sRGB'].matrix_RGB_to_XYZ``), so sRGB white maps to
   XYZ (0.9505, 1.0, 1.089);
+- XYZ → sRGB uses the exact inverse of that matrix, so conversions round-trip; colour's
+  ``XYZ_to_sRGB`` instead uses the separately rounded IEC inverse (differs by ≤3e-4);
 - Lab uses the D65 white from its chromaticity (0.3127, 0.3290) → (0.95047, 1.0, 1.08883).
-  The two whites differ in the 5th decimal, so sRGB white is L*=100, a*≈-0.009, b*≈0.005,
+  The two whites differ in the 5th decimal, so sRGB white is L*=100, a*≈0.0077, b*≈0.0035,
   exactly as in colour-science.
 
 Every power/root is evaluated on a clamped argument inside ``torch.where`` so that the
@@ -53,8 +55,10 @@ _LAB_DELTA = 24.0 / 116.0  # f(epsilon): the inverse function's knee
 # Rec. 709 / sRGB luma weights (the Y row of the sRGB matrix).
 _LUMA = _RGB_TO_XYZ[1]
 
-_SRGB_KNEE_ENC = 0.04045  # encoded value where the sRGB EOTF switches to the power law
-_SRGB_KNEE_LIN = 0.0031308  # linear value where the OETF switches
+_SRGB_KNEE_LIN = 0.0031308  # linear value where the OETF switches to the power law
+# Encoded knee as colour-science defines it (= OETF(0.0031308) = 0.040449936), not the
+# rounded 0.04045 of the standard; the curves differ there by ~1e-8 either way.
+_SRGB_KNEE_ENC = 12.92 * _SRGB_KNEE_LIN
 
 
 def _check_float(x: torch.Tensor, name: str) -> None:
@@ -83,7 +87,7 @@ def _white(x: torch.Tensor) -> torch.Tensor:
 def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
     """sRGB decoding (EOTF, IEC 61966-2-1), elementwise: encoded → linear, any shape.
 
-    Below the knee (0.04045) the curve is linear, so negative inputs stay finite.
+    Below the knee (≈0.04045) the curve is linear, so negative inputs stay finite.
     """
     _check_float(x, "x")
     power = ((x.clamp(min=_SRGB_KNEE_ENC) + 0.055) / 1.055) ** 2.4

@@ -138,6 +138,8 @@ def ssim_map(
     Equals skimage's ``full=True`` image (Gaussian window 11×11, σ=1.5, K1=0.01,
     K2=0.03, population covariance, reflect padding); the border strip of width 5
     depends on the padding. Needs H, W ≥ 11. For a loss use ``1 - ssim_map(...).mean()``.
+    In float32, pixels of flat regions can differ from a float64 evaluation by a few 1e-4
+    (local variances are differences of moments); the image means agree to ~1e-6.
     """
     _check_pair(pred, target, min_size=_SSIM_WIN)
     if data_range <= 0:
@@ -145,10 +147,15 @@ def ssim_map(
     p, t = _work_dtype(pred), _work_dtype(target)
     lead, (h, w) = p.shape[:-3], p.shape[-2:]
     p, t = p.reshape(-1, 3, h, w), t.reshape(-1, 3, h, w)
+    # Moments of mean-centred images: (co)variances are shift-invariant and E[x²] - E[x]²
+    # cancels far less in float32 when E[x] is near 0.
+    mp, mt = p.mean(dim=(-2, -1), keepdim=True), t.mean(dim=(-2, -1), keepdim=True)
+    p, t = p - mp, t - mt
     # One grouped conv for the five local moments of all three channels.
     moments = _gaussian_blur(torch.cat((p, t, p * p, t * t, p * t), dim=1))
     ux, uy, uxx, uyy, uxy = moments.split(3, dim=1)
     vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
+    ux, uy = ux + mp, uy + mt
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return s.reshape(*lead, 3, h, w)
@@ -276,6 +283,9 @@ class AlexNetLPIPS(nn.Module):
     max-pools between them), tapped after each ReLU. Needs H, W ≥ 31.
     """
 
+    # LPIPS ScalingLayer constants for inputs in [-1, 1]; not part of the weights file.
+    SHIFT = (-0.030, -0.088, -0.188)
+    SCALE = (0.458, 0.448, 0.450)
     MIN_SIZE = 31  # smallest input for which the second max-pool still has an output
     CHANNELS = (64, 192, 384, 256, 256)
     _TAPS = (1, 4, 7, 9, 11)  # indices of relu1..relu5 in `features`
@@ -298,18 +308,14 @@ class AlexNetLPIPS(nn.Module):
         )
         for i, c in enumerate(self.CHANNELS):
             self.add_module(f"lin{i}", _NetLin(c))
-        # LPIPS ScalingLayer constants (for inputs in [-1, 1]); not part of the weights file.
-        self.register_buffer(
-            "shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False
-        )
         self.weights_path: str | None = None
         self.weights_sha256: str | None = None
 
     def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = ((2 * x - 1) - self.shift) / self.scale  # [0, 1] → LPIPS input scaling
+        # [0, 1] → LPIPS input scaling; constants built in x's dtype so float64 stays exact.
+        shift = torch.tensor(self.SHIFT, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        scale = torch.tensor(self.SCALE, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        x = ((2 * x - 1) - shift) / scale
         out = []
         for i, layer in enumerate(self.features):
             x = layer(x)
@@ -422,13 +428,18 @@ def compute_metrics(
     """All manifest metrics for same-size images, ``(*, 3, H, W)`` × 2 → dict of ``(*,)``.
 
     Keys: ``psnr`` (dB, +inf for identical images), ``ssim``, ``delta_e2000`` and
-    ``lpips`` (None when ``lpips_model`` is None). Computed without autograd.
+    ``lpips``. A metric that is undefined for the image size (SSIM below 11 px, LPIPS
+    below 31 px) or has no model (LPIPS) is None, so tiny images still get the others.
+    Computed without autograd.
     """
-    _check_pair(pred, target, min_size=_SSIM_WIN)
+    _check_pair(pred, target)
+    small = min(pred.shape[-2:])
     with torch.no_grad():
         return {
             "psnr": psnr(pred, target),
-            "ssim": ssim(pred, target),
+            "ssim": ssim(pred, target) if small >= _SSIM_WIN else None,
             "delta_e2000": delta_e2000(pred, target),
-            "lpips": None if lpips_model is None else lpips(pred, target, lpips_model),
+            "lpips": lpips(pred, target, lpips_model)
+            if lpips_model is not None and small >= AlexNetLPIPS.MIN_SIZE
+            else None,
         }
