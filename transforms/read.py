@@ -32,10 +32,14 @@ def key_problem(key: str | None, *, webdataset: bool = False) -> str | None:
         return "empty key"
     if "\x00" in key:
         return "key contains a NUL byte"
+    if key.startswith(("/", "\\")):
+        return f"key {key!r} is an absolute path"
+    if ".." in key.replace("\\", "/").split("/"):
+        return f"key {key!r} contains a '..' path component (path traversal)"
     if "/" in key or "\\" in key:
         return f"key {key!r} contains a path separator"
-    if key in (".", "..") or ".." in key:
-        return f"key {key!r} contains '..'"
+    if key == "." or ".." in key:
+        return f"key {key!r} is '.' or contains '..'"
     if webdataset and "." in key:
         return f"WebDataset key {key!r} contains '.'"
     if len(key.encode("utf-8", "surrogateescape")) > 512:
@@ -110,7 +114,7 @@ def _read_tar(url: str, max_bytes: int) -> Iterator[ImageRecord | ReadError]:
     current: str | None = None
     members: dict[str, bytes] = {}
     problems: list[str] = []
-    count = 0
+    count = 0  # samples already yielded, for the shard error's "after N samples"
 
     def flush() -> Iterator[ImageRecord | ReadError]:
         if current is None:
@@ -136,9 +140,13 @@ def _read_tar(url: str, max_bytes: int) -> Iterator[ImageRecord | ReadError]:
             for info in tar:
                 split = _split_member(info.name)
                 key = split[0] if split else info.name
-                if key != current:
-                    yield from flush()
-                    count += current is not None
+                # A member name seen again in the same sample starts a new sample, so a
+                # repeated "a.jpg" yields two records (the writer dedups) instead of one
+                # silently overwriting the other.
+                if key != current or (split is not None and split[1] in members):
+                    if current is not None:
+                        yield from flush()
+                        count += 1
                     current, members, problems = key, {}, []
                 if not info.isfile():
                     problems.append(f"member {info.name!r} is not a regular file")
@@ -151,14 +159,44 @@ def _read_tar(url: str, max_bytes: int) -> Iterator[ImageRecord | ReadError]:
                     continue
                 data = tar.extractfile(info)
                 members[split[1]] = data.read() if data else b""
-            yield from flush()
+            if current is not None:
+                yield from flush()
+                count += 1
+            current = None
+            end = _end_problem(fh, tar)
+        if end:
+            yield ReadError(_stem(url), url, f"damaged tar shard: after {count} samples, {end}; later samples lost")
     except (tarfile.TarError, OSError, EOFError) as exc:
         if current is not None and members:
             yield from flush()
+            count += 1
         where = f"after {count} samples" if count else "at the start"
-        yield ReadError(_stem(url), url, f"unreadable tar shard {where} ({type(exc).__name__}: {exc}); later samples lost")
+        yield ReadError(_stem(url), url, f"unreadable tar shard: {where}, {type(exc).__name__}: {exc}; later samples lost")
     except storage.StorageError as exc:
         yield ReadError(_stem(url), url, str(exc))
+
+
+def _end_problem(fh, tar: tarfile.TarFile) -> str | None:
+    """Why the archive did not end with an end-of-archive block, or None.
+
+    tarfile treats a missing, cut or garbled header after the first member as a normal
+    end, which would drop the rest of a damaged shard silently; the block where it
+    stopped tells which case it was.
+    """
+    if getattr(tar.fileobj, "comptype", "tar") != "tar":
+        return None  # compressed stream: tar offsets are not file offsets
+    try:
+        fh.seek(tar.offset)
+        block = fh.read(tarfile.BLOCKSIZE)
+    except (OSError, ValueError):
+        return None
+    if len(block) == tarfile.BLOCKSIZE and block.count(0) == tarfile.BLOCKSIZE:
+        return None
+    if not block:
+        return f"file ends at byte {tar.offset} without the end-of-archive marker (truncated?)"
+    if len(block) < tarfile.BLOCKSIZE:
+        return f"member header cut off at byte {tar.offset} (truncated)"
+    return f"corrupt member header at byte {tar.offset}"
 
 
 def _safe_key(key: str) -> str:

@@ -14,6 +14,7 @@ Decoding policy (what every input becomes):
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -35,28 +36,39 @@ class DecodeError(ValueError):
 def probe_size(data: bytes) -> tuple[int, int]:
     """(width, height) from the header only."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(_bomb_reason(exc, DEFAULT_MAX_PIXELS)) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DecodeError(_reason(data, exc)) from None
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode encoded image bytes to RGB uint8 of shape (H, W, 3) per the module policy."""
+    """Decode encoded image bytes to RGB uint8 of shape (H, W, 3) per the module policy.
+
+    Raises DecodeError whose message starts with the kind of failure (the run summary
+    groups reasons by the text before the first colon).
+    """
     if not data:
-        raise DecodeError("empty file (0 bytes)")
+        raise DecodeError("empty file: 0 bytes")
     try:
+        # Our size check below is the one that counts; Pillow's warning (> ~89 MP) would
+        # otherwise override a larger --max-pixels. Pillow's hard error (> 2x its limit)
+        # still fires inside Image.open and is reported the same way.
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise DecodeError(
-                        f"image is {w}x{h} = {w * h / 1e6:.1f} MP, over the {max_pixels / 1e6:g} MP limit "
-                        "(raise --max-pixels if it is genuine)"
+                        f"image over the pixel limit: {w}x{h} = {w * h / 1e6:.1f} MP, over the "
+                        f"{max_pixels / 1e6:g} MP limit (raise --max-pixels if it is genuine)"
                     )
                 if w == 0 or h == 0:
-                    raise DecodeError(f"image has zero size {w}x{h}")
+                    raise DecodeError(f"image has zero size: {w}x{h}")
                 im.seek(0)
                 im.load()
                 rgb = _to_rgb(ImageOps.exif_transpose(im) if _has_orientation(im) else im)
@@ -64,9 +76,21 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     except DecodeError:
         raise
     except Image.DecompressionBombError as exc:
-        raise DecodeError(f"decompression bomb refused by Pillow: {exc}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(_bomb_reason(exc, max_pixels)) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DecodeError(_reason(data, exc)) from None
+
+
+def _bomb_reason(exc: BaseException, max_pixels: int) -> str:
+    """Pillow refused the header before we saw the size; its message carries the pixel count."""
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(m.group(1)) / 1e6:.1f} MP" if m else "size unknown"
+    pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    if max_pixels <= pillow_limit or not pillow_limit:
+        limit = f"the {max_pixels / 1e6:g} MP limit (raise --max-pixels if it is genuine)"
+    else:
+        limit = f"Pillow's {pillow_limit / 1e6:g} MP limit (PIL.Image.MAX_IMAGE_PIXELS)"
+    return f"image over the pixel limit: {size}, over {limit}; refused from the header"
 
 
 def _has_orientation(im: Image.Image) -> bool:
@@ -104,12 +128,26 @@ def _reason(data: bytes, exc: BaseException) -> str:
     head = data[:64].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<?xml")):
         return "not an image: the bytes are an HTML/XML document (an error page saved as an image?)"
-    msg = str(exc) or type(exc).__name__
+    # Pillow names the BytesIO by address; drop it so equal inputs give equal reasons.
+    msg = re.sub(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>", "", str(exc)) or type(exc).__name__
+    if "truncated" in msg.lower() or isinstance(exc, EOFError) or _looks_truncated(data):
+        return f"truncated image data: {len(data)} bytes, {msg}"
     if isinstance(exc, UnidentifiedImageError):
-        return f"not a recognised image format ({len(data)} bytes): {msg}"
-    if "truncated" in msg.lower() or isinstance(exc, EOFError):
-        return f"truncated image data ({len(data)} bytes): {msg}"
-    return f"cannot decode image ({type(exc).__name__}): {msg}"
+        return f"not a recognised image format: {len(data)} bytes, {msg}"
+    return f"cannot decode image: {type(exc).__name__}: {msg}"
+
+
+def _looks_truncated(data: bytes) -> bool:
+    """The container says more bytes should follow (decoders often report this vaguely)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return len(data) < 8 + int.from_bytes(data[4:8], "little")
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in data[-12:]
+    if data[:2] == b"\xff\xd8":
+        return b"\xff\xd9" not in data[-32:]
+    if data[:4] == b"GIF8":
+        return not data.rstrip(b"\x00").endswith(b";")
+    return False
 
 
 def encode_image(pixels: np.ndarray, fmt: str = "jpg", quality: int = 95) -> bytes:
