@@ -152,11 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chromabeam {args.command}: not implemented yet (issue #{PENDING[args.command]}); "
               "no output was written", file=sys.stderr)
         return 3
-    if getattr(args, "storage_options", None):
-        storage.set_storage_options(args.storage_options)
     from chromabeam.pipelines.job import JobError
 
     try:
+        if getattr(args, "storage_options", None):
+            storage.set_storage_options(args.storage_options)
         return COMMANDS[args.command](args, beam_args)
     except (CliError, JobError, storage.StorageError, ValueError) as exc:
         print(f"chromabeam {args.command}: {exc}", file=sys.stderr)

@@ -72,11 +72,8 @@ def _success_url(output: str) -> str:
 
 
 def _clear_output(output: str) -> None:
-    fs, path = storage.filesystem(output)
     for sub in ("_SUCCESS", "report.html", "manifest", "images"):
-        target = storage.join(path, sub) if storage.protocol(output) == "file" else fs._strip_protocol(storage.join(output, sub))
-        if fs.exists(target):
-            fs.rm(target, recursive=True)
+        storage.remove(storage.join(output, sub))
 
 
 def read_manifest(output: str):

@@ -91,14 +91,13 @@ def _read_image_file(url: str, max_bytes: int) -> Iterator[ImageRecord | ReadErr
         yield ReadError(key or storage.basename(url), url, problem)
         return
     try:
-        fs, path = storage.filesystem(url)
-        size = fs.size(path)
+        size = storage.size(url)
         if size is not None and size > max_bytes:
-            yield ReadError(key, url, f"file is {size} bytes, over the {max_bytes}-byte limit")
+            yield ReadError(key, url, f"file over the size limit: {size} bytes, limit {max_bytes}")
             return
         yield ImageRecord(key, url, storage.read_bytes(url))
-    except Exception as exc:  # storage faults are per-record: keep going
-        yield ReadError(key, url, f"cannot read file: {type(exc).__name__}: {exc}")
+    except storage.StorageError as exc:  # storage faults are per-record: keep going
+        yield ReadError(key, url, f"cannot read file: {exc}")
 
 
 _WDS_SPLIT = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")

@@ -274,7 +274,7 @@ def test_image_file_key_is_stem(tmp_path):
     assert isinstance(rec, ImageRecord)
     assert (rec.key, rec.source_uri, rec.data, rec.meta) == ("photo.v2", url, JPG, {})
     (err,) = read_shard(write(tmp_path / "big.png", PNG), max_bytes=10)
-    assert isinstance(err, ReadError) and err.key == "big" and "over the 10-byte limit" in err.reason
+    assert isinstance(err, ReadError) and err.key == "big" and "over the size limit" in err.reason and "limit 10" in err.reason
 
 
 def test_all_formats_from_memory_urls(mem):
