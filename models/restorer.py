@@ -1,0 +1,166 @@
+"""Blind filter-removal restorer: an image-adaptive colour mapping predicted from a
+low-resolution view and applied at full resolution.
+
+Instagram-style filters are mostly global tone/colour curves plus smooth spatial parts
+(vignettes, gradients). So, from a ``view_size``² view, an encoder predicts
+
+(a) a global 3D LUT (``lut_size``³, trilinear): the identity plus an image-dependent
+    mix of ``lut_basis`` learnt basis LUTs (as in image-adaptive 3D LUTs, Zeng et al. 2020)
+    — it undoes non-linear curves, channel mixing and hue shifts that a 3×3 matrix
+    (which is what linear DNCM folds to) cannot;
+(b) a bilateral grid (HDRNet, Gharbi et al. 2017) of 3×4 affine colour transforms,
+    ``grid_size``² cells × ``grid_bins`` guide bins, sliced per pixel with a learnt
+    1×1 guide (initialised to Rec. 709 luma) — local, intensity-dependent corrections
+    that vignettes and gradients need.
+
+At full resolution each pixel goes through the sliced affine first (undo the spatial
+part), then the LUT (undo the global curve). Both are applied in row chunks, so memory
+is the input, the output and ~1 Mpx of temporaries at any size; the cost per pixel is a
+trilinear read of 12 coefficients and of 3 LUT channels.
+
+Encoder: the ImageNet-pretrained EfficientNet-Lite0 (stride-16 features for the grid,
+pooled head features for the global path) — reused rather than a lighter net: at 256²
+it is a fixed few tens of ms on one CPU core, independent of the image size.
+
+Initialisation: the last layer of both heads is zero, so the untrained model is the
+identity mapping (to float rounding): identity pairs come back unchanged and training
+starts from "change nothing".
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from chromabeam.models.efficientnet_lite import PYRAMID_CHANNELS, efficientnet_lite0
+from chromabeam.transforms.ops.dncm import (
+    DEFAULT_CHUNK_PIXELS,
+    affine_identity_grid,
+    bilateral_grid_apply,
+    lut3d_apply,
+    lut3d_identity,
+    map_row_chunks,
+)
+
+__all__ = ["Restorer"]
+
+_LUMA_709 = (0.2126, 0.7152, 0.0722)
+
+
+class Restorer(nn.Module):
+    """``Restorer(lut_size=17, lut_basis=8, grid_size=16, grid_bins=8, view_size=256,
+    width=64, pretrained=True)``.
+
+    - ``forward(x) -> restored``: ``(B, 3, H, W)`` in [0, 1] → ``(B, 3, H, W)``; clamped
+      to [0, 1] in eval mode only (training losses keep their gradients);
+    - ``predict(x) -> (lut (B,3,S,S,S), grid (B,12,D,G,G))`` from the low-res view;
+    - ``apply(x, lut, grid) -> (B, 3, H, W)`` at ``x``'s resolution (not clamped).
+    """
+
+    def __init__(
+        self,
+        lut_size: int = 17,
+        lut_basis: int = 8,
+        grid_size: int = 16,
+        grid_bins: int = 8,
+        view_size: int = 256,
+        width: int = 64,
+        pretrained: bool = True,
+    ):
+        super().__init__()
+        if lut_size < 2 or lut_basis < 1 or grid_size < 1 or grid_bins < 1 or view_size < 32 or width < 1:
+            raise ValueError(
+                "Restorer: need lut_size >= 2, lut_basis >= 1, grid_size >= 1, grid_bins >= 1, "
+                f"view_size >= 32, width >= 1; got {lut_size}, {lut_basis}, {grid_size}, {grid_bins}, "
+                f"{view_size}, {width}"
+            )
+        self.lut_size, self.lut_basis_count = int(lut_size), int(lut_basis)
+        self.grid_size, self.grid_bins = int(grid_size), int(grid_bins)
+        self.view_size, self.width = int(view_size), int(width)
+        self.chunk_pixels = DEFAULT_CHUNK_PIXELS
+
+        self.encoder = efficientnet_lite0(pretrained, include_top=False).train()
+        c16, c32 = PYRAMID_CHANNELS[2], PYRAMID_CHANNELS[3]
+        # Global path → LUT mixing weights (and context for the local path).
+        self.global_fc = nn.Sequential(nn.Linear(c32, width), nn.ReLU())
+        self.lut_weights = nn.Linear(width, lut_basis)
+        # Small random bases: with zero mixing weights the LUT is still the identity, and the
+        # weights get a gradient at once (all-zero bases would never learn).
+        self.lut_basis = nn.Parameter(torch.randn(lut_basis, 3, lut_size, lut_size, lut_size) * 1e-2)
+        # Local path → bilateral grid of affine deltas (HDRNet's local + global fusion).
+        self.local = nn.Sequential(
+            nn.Conv2d(c16, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1)
+        )
+        self.global_to_local = nn.Linear(width, width)
+        self.grid_head = nn.Conv2d(width, 12 * grid_bins, 1)
+        for last in (self.lut_weights, self.grid_head):
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        # Per-pixel guide for slicing the grid's intensity axis.
+        self.guide = nn.Conv2d(3, 1, 1)
+        with torch.no_grad():
+            self.guide.weight.copy_(torch.tensor(_LUMA_709).view(1, 3, 1, 1))
+            self.guide.bias.zero_()
+        self.register_buffer("_lut_identity", lut3d_identity(lut_size).unsqueeze(0), persistent=False)
+        self.register_buffer(
+            "_grid_identity", affine_identity_grid(grid_bins, grid_size, grid_size), persistent=False
+        )
+
+    @property
+    def config(self) -> dict:
+        """Constructor arguments (what the weight registry stores to rebuild the model)."""
+        return {
+            "model": "restorer",
+            "lut_size": self.lut_size,
+            "lut_basis": self.lut_basis_count,
+            "grid_size": self.grid_size,
+            "grid_bins": self.grid_bins,
+            "view_size": self.view_size,
+            "width": self.width,
+        }
+
+    @staticmethod
+    def _check(x: torch.Tensor, fname: str) -> None:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            got = (tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"Restorer.{fname}: expected float RGB images (B, 3, H, W) in [0, 1], got {got}")
+
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 3, H, W)`` → LUT ``(B, 3, S, S, S)`` and grid ``(B, 12, D, G, G)``."""
+        self._check(x, "predict")
+        s = self.view_size
+        view = x if x.shape[-2:] == (s, s) else F.interpolate(
+            x, size=(s, s), mode="bilinear", antialias=True, align_corners=False
+        )
+        _, _, f16, f32 = self.encoder.pyramid(view)
+        g = self.global_fc(f32.mean(dim=(2, 3)))
+        w = self.lut_weights(g)  # (B, n_basis)
+        lut = self._lut_identity + torch.einsum("bn,ncdhw->bcdhw", w, self.lut_basis)
+
+        if f16.shape[-1] != self.grid_size or f16.shape[-2] != self.grid_size:
+            f16 = F.interpolate(f16, size=(self.grid_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        local = self.local(f16) + self.global_to_local(g)[:, :, None, None]
+        delta = self.grid_head(F.relu(local))  # (B, 12*D, G, G)
+        b, gs = x.shape[0], self.grid_size
+        grid = self._grid_identity + delta.view(b, 12, self.grid_bins, gs, gs)
+        return lut, grid
+
+    def apply(self, x: torch.Tensor, lut: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """Apply a predicted ``lut``/``grid`` to ``x`` ``(B, 3, H, W)`` at full resolution,
+        in row chunks. Returns ``(B, 3, H, W)``, not clamped."""
+        self._check(x, "apply")
+        h, w = x.shape[-2:]
+
+        def rows(r0: int, r1: int) -> torch.Tensor:
+            xc = x[:, :, r0:r1]
+            local = bilateral_grid_apply(
+                xc, grid, self.guide(xc), row_offset=r0, full_height=h, chunk_pixels=None
+            )
+            return lut3d_apply(local, lut, chunk_pixels=None)
+
+        return map_row_chunks(rows, h, w, self.chunk_pixels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` in [0, 1] → restored ``(B, 3, H, W)``."""
+        y = self.apply(x, *self.predict(x))
+        return y if self.training else y.clamp(0.0, 1.0)
