@@ -55,3 +55,30 @@ def test_missing_bucket_fails_fast_with_one_line(gcs_emulator, capsys):
     code = main(["evaluate", "gs://no-such-bucket-x/pred", "gs://no-such-bucket-x/clean", "gs://no-such-bucket-x/out"])
     err = capsys.readouterr().err
     assert code == 2 and "no-such-bucket-x" in err and "Traceback" not in err
+
+
+def test_synth_pairs_from_and_to_gcs_emulator(gcs_emulator, tmp_path):
+    """The issue's command, with only STORAGE_EMULATOR_HOST set: pairs, manifest and
+    _SUCCESS read back from the bucket."""
+    import webdataset as wds
+
+    bucket = gcs_emulator.create_bucket()
+    for s in range(2):
+        samples = [(f"s{s}k{i}", corpus.jpeg(80, 64, seed=10 * s + i)) for i in range(3)]
+        gcs_emulator.write_object(f"{bucket}/in/shard-{s}.tar", corpus.wds_tar(samples))
+    out = f"{bucket}/out"
+    assert main(["synth-pairs", f"{bucket}/in/*.tar", out, "--pairs-per-image", "2", "--seed", "7"]) == 0
+    summary = json.loads(gcs_emulator.read_object(f"{out}/_SUCCESS"))
+    assert summary["counts"] == {"records": 6, "rows": 12, "ok": 12, "error": 0}
+    with storage.open_url(f"{out}/manifest/part-00000-of-00001.parquet") as fh:
+        rows = pq.read_table(fh).to_pylist()
+    assert len(rows) == 12 and {r["source_uri"].split("#")[0] for r in rows} == {
+        f"{bucket}/in/shard-0.tar", f"{bucket}/in/shard-1.tar"}
+    local = tmp_path / "part.tar"
+    local.write_bytes(gcs_emulator.read_object(f"{out}/images/part-00000-of-00001.tar"))
+    samples = {s["__key__"]: s for s in wds.WebDataset(str(local), shardshuffle=False)}
+    for row in rows:
+        name = f"{row['key']}_{row['pair_index']:03d}"
+        assert row["input_uri"] == f"{out}/images/part-00000-of-00001.tar#{name}.input.jpg"
+        assert samples[name]["input.jpg"][:2] == b"\xff\xd8" and samples[name]["target.jpg"][:2] == b"\xff\xd8"
+    assert len(samples) == 12
