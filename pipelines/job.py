@@ -157,6 +157,8 @@ def run_job(
     if config.overwrite:
         _clear_output(output)
     storage.makedirs(output)
+    for sub in ("manifest", "images"):
+        storage.remove_temporaries(storage.join(output, sub))
     done = finished_parts(output)
     if done:
         log.info("resuming: %d manifest part(s) already published in %s", len(done), storage.redact(output))

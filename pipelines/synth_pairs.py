@@ -14,15 +14,14 @@ from __future__ import annotations
 import dataclasses
 
 import apache_beam as beam
-import torch
 
 from chromabeam.pipelines.job import JobConfig, JobError, run_job
 from chromabeam.schemas.manifest import ManifestRow, to_json
-from chromabeam.schemas.records import OutputImage, ReadError, TaskResult
+from chromabeam.schemas.records import ImageRecord, OutputImage, ReadError, TaskResult
 from chromabeam.transforms import storage
 from chromabeam.transforms.decode import decode_record
 from chromabeam.transforms.ops import synth
-from chromabeam.transforms.ops.imageio import DEFAULT_MAX_PIXELS, encode_image, extension, to_float, to_uint8
+from chromabeam.transforms.ops.imageio import DEFAULT_MAX_PIXELS, encode_image, extension, is_plain_jpeg
 from chromabeam.transforms.ops.lut import LUT3D, parse_cube
 from chromabeam.transforms.read import ReadImages
 
@@ -72,12 +71,12 @@ class SynthPairsFn(beam.DoFn):
     """(key, ImageRecord | ReadError) → one TaskResult per pair."""
 
     def __init__(self, options: PairsOptions, luts: dict[str, LUT3D]):
+        missing = sorted(set(options.synth.luts) - set(luts))
+        if missing:
+            raise JobError(f"LUT ids {missing} are not in the LUT pack")
         self._o = options
         self._luts = luts
         self._pairs = beam.metrics.Metrics.counter("chromabeam", "pairs")
-
-    def setup(self):
-        torch.set_grad_enabled(False)
 
     def _rows(self, key, source, reason, **kw):
         for i in range(self._o.pairs_per_image):
@@ -91,22 +90,25 @@ class SynthPairsFn(beam.DoFn):
             return
         o = self._o
         ext = extension(o.image_format)
-        image = to_float(decoded.pixels).unsqueeze(0)
         target_bytes = None
         for i in range(o.pairs_per_image):
+            spec = synth.pair_spec(o.synth, o.seed, key, i)
             try:
-                inp, tgt, spec = synth.make_pair(image, o.synth, o.seed, key, i, self._luts)
+                inp, tgt = synth.render_pair(decoded.pixels, spec, self._luts)
             except Exception as exc:  # a transform failing on one image must not stop the job
                 yield TaskResult(ManifestRow.error_row(
                     key, TASK, f"transform failed: {type(exc).__name__}: {exc}", source_uri=decoded.source_uri, pair_index=i))
                 continue
-            input_bytes = encode_image(to_uint8(inp[0]), ext, o.quality)
+            input_bytes = encode_image(inp, ext, o.quality)
             if o.synth.mode == "removal":
-                # The target is the original: encode it once per record, reuse for every pair.
-                target_bytes = target_bytes or encode_image(decoded.pixels, ext, o.quality)
+                # The target is the original: a plain JPEG source is kept byte for byte (no
+                # generation loss); anything else is encoded once and reused for every pair.
+                if target_bytes is None:
+                    passthrough = ext == "jpg" and isinstance(record, ImageRecord) and is_plain_jpeg(record.data)
+                    target_bytes = record.data if passthrough else encode_image(decoded.pixels, ext, o.quality)
                 this_target = target_bytes
             else:
-                this_target = encode_image(to_uint8(tgt[0]), ext, o.quality)
+                this_target = encode_image(tgt, ext, o.quality)
             row = ManifestRow(
                 key=key, task=TASK, source_uri=decoded.source_uri, pair_index=i,
                 width=decoded.width, height=decoded.height, transform=to_json(spec),

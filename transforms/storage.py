@@ -408,3 +408,18 @@ def remove(url: str) -> None:
     with _errors(url, "delete"):
         if fs.exists(path):
             fs.rm(path, recursive=True)
+
+
+def remove_temporaries(url: str) -> int:
+    """Delete ``put_atomic``'s leftovers (a writer killed mid-write) directly under a local
+    folder; returns how many. Object stores never hold partial objects."""
+    if protocol(url) != "file":
+        return 0
+    fs, path = filesystem(url)
+    with _errors(url, "clean"):
+        if not fs.isdir(path):
+            return 0
+        stale = [p for p in fs.ls(path, detail=False) if posixpath.basename(p).startswith(_TMP_PREFIX)]
+        for p in stale:
+            fs.rm(p)
+    return len(stale)

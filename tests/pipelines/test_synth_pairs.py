@@ -64,6 +64,8 @@ def test_lut_pairs_match_colour_science(tmp_path):
         assert spec["input"]["family"] == "lut" and spec["input"]["id"] == "grade"
         sample = samples[f"{row['key']}_000"]
         assert row["input_uri"].endswith(f"#{row['key']}_000.input.jpg")
+        # A plain JPEG source is the target byte for byte (no re-encode, no generation loss).
+        assert sample["target.jpg"] == open(row["source_uri"], "rb").read()
         target = np.asarray(Image.open(io.BytesIO(sample["target.jpg"])), dtype=np.float64) / 255
         got = np.asarray(Image.open(io.BytesIO(sample["input.jpg"])), dtype=np.float64) / 255
         expected = lut.apply(target, interpolator=colour.algebra.table_interpolation_trilinear)
@@ -144,13 +146,15 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(tmp_path):
     manifest = crashed / "manifest"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if manifest.exists() and len([n for n in os.listdir(manifest) if n.endswith(".parquet")]) >= 2:
+        if manifest.exists() and any(n.endswith(".parquet") for n in os.listdir(manifest)):
             break
-        time.sleep(0.02)
+        time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     published = sorted(n for n in os.listdir(manifest) if n.endswith(".parquet"))
-    assert 0 < len(published) < 8, "the kill should land half-way"
+    # Usually 1–3 of 8 parts; on a very slow machine the kill may land later, which is
+    # still a crash before _SUCCESS that the re-run must complete without redoing parts.
+    assert 0 < len(published) <= 8
     assert not (crashed / "_SUCCESS").exists()
     before = {n: os.path.getmtime(manifest / n) for n in published}
 

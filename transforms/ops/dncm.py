@@ -189,6 +189,8 @@ def bilateral_grid_apply(
     *,
     row_offset: int = 0,
     full_height: int | None = None,
+    col_offset: int = 0,
+    full_width: int | None = None,
     chunk_pixels: int | None = DEFAULT_CHUNK_PIXELS,
 ) -> torch.Tensor:
     """Slice a bilateral grid of affine colour transforms and apply it per pixel (HDRNet).
@@ -197,9 +199,11 @@ def bilateral_grid_apply(
     3×4 affine per cell (channel ``4*c + j``: output channel c, input j; j = 3 is the
     offset) over D guide bins × GH × GW spatial cells; ``guide``: ``(B, 1, H, W)`` in [0, 1].
     Pixel (i, j) reads the grid trilinearly at cell-centre coordinates
-    ``((j+½)/W·GW − ½, (i+row_offset+½)/full_height·GH − ½, guide·D − ½)``, clamped to the
-    grid (``align_corners=False``, border padding); then ``out_c = Σ_j A[c,j]·x_j + A[c,3]``.
-    ``row_offset``/``full_height`` let a caller pass a horizontal strip of a taller image.
+    ``((j+col_offset+½)/full_width·GW − ½, (i+row_offset+½)/full_height·GH − ½, guide·D − ½)``,
+    clamped to the grid (``align_corners=False``, border padding); then
+    ``out_c = Σ_j A[c,j]·x_j + A[c,3]``. ``row_offset``/``full_height`` and
+    ``col_offset``/``full_width`` let a caller pass a window of a larger image (row strips
+    at inference, training crops).
     Returns ``(B, 3, H, W)`` (not clamped); differentiable w.r.t. all three inputs.
     """
     fname = "bilateral_grid_apply"
@@ -215,9 +219,12 @@ def bilateral_grid_apply(
     full_height = h if full_height is None else full_height
     if not (0 <= row_offset and row_offset + h <= full_height):
         raise ValueError(f"{fname}: rows {row_offset}..{row_offset + h} do not fit in full_height={full_height}")
+    full_width = w if full_width is None else full_width
+    if not (0 <= col_offset and col_offset + w <= full_width):
+        raise ValueError(f"{fname}: columns {col_offset}..{col_offset + w} do not fit in full_width={full_width}")
     grid = grid.to(x.dtype).expand(n, *grid.shape[1:])
     dev, dt = x.device, x.dtype
-    u = ((torch.arange(w, device=dev, dtype=dt) + 0.5) / w) * 2 - 1
+    u = ((torch.arange(w, device=dev, dtype=dt) + col_offset + 0.5) / full_width) * 2 - 1
 
     def rows(r0: int, r1: int) -> torch.Tensor:
         hc = r1 - r0

@@ -180,3 +180,16 @@ def to_float(pixels: np.ndarray) -> torch.Tensor:
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """torch float (3, H, W) in [0, 1] → uint8 (H, W, 3), rounded."""
     return image.detach().clamp(0, 1).mul(255.0).round_().to("cpu", dtype=torch.uint8).permute(1, 2, 0).numpy()
+
+
+def is_plain_jpeg(data: bytes) -> bool:
+    """True when ``data`` is an RGB (YCbCr) JPEG with no EXIF rotation: its decode is
+    exactly what ``decode_image`` returns, so the bytes can stand for the pixels as-is
+    (no re-encode, no generation loss). Reads the header only."""
+    if data[:2] != b"\xff\xd8":
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.format == "JPEG" and im.mode == "RGB" and not _has_orientation(im)
+    except Exception:
+        return False

@@ -28,9 +28,10 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from .filters import FILTER_NAMES, IFFI_FILTERS, apply_filter
-from .grades import apply_grade, sample_grade, validate_grade
-from .lut import LUT3D, apply_lut
+from .filters import FILTER_NAMES, IFFI_FILTERS, SPATIAL_FILTERS, apply_filter, filter_lut
+from .grades import apply_grade, grade_lut, sample_grade, validate_grade
+from .imageio import to_float, to_uint8
+from .lut import LUT3D, apply_lut, identity_table
 from .perturb import PERTURB_LEVELS, apply_perturbations, sample_perturbations
 
 __all__ = [
@@ -42,8 +43,12 @@ __all__ = [
     "parse_strength",
     "sample_transform",
     "apply_transform",
+    "pair_spec",
     "make_pair",
     "regenerate_pair",
+    "pure_lut",
+    "render",
+    "render_pair",
 ]
 
 SPEC_VERSION = 1
@@ -244,6 +249,36 @@ def _same_look(a: Mapping, b: Mapping) -> bool:
     return a["family"] == b["family"] and a["id"] == b["id"] and a["family"] != "grade"
 
 
+def pair_spec(config: SynthConfig, seed: int, key: str, pair_index: int) -> dict:
+    """Draw the pair spec for pair ``pair_index`` of record ``key`` (sampling only)."""
+    if not isinstance(config, SynthConfig):
+        raise ValueError(f"pair_spec: config must be a SynthConfig, got {type(config).__name__}")
+    first = sample_transform(config, derive_rng(seed, key, pair_index, "input"))
+    if config.mode == "removal":
+        second = _identity_spec()
+    else:
+        rng = derive_rng(seed, key, pair_index, "target")
+        for _ in range(_PRESET_RETRIES):
+            second = sample_transform(config, rng)
+            if not _same_look(first, second):
+                break
+    return {
+        "version": SPEC_VERSION,
+        "mode": config.mode,
+        "seed": int(seed),
+        "key": key,
+        "pair_index": int(pair_index),
+        "input": first,
+        "target": second,
+    }
+
+
+def _check_pack(config: SynthConfig, luts: Mapping[str, LUT3D] | None) -> None:
+    missing = [n for n in config.luts if luts is None or n not in luts]
+    if missing:
+        raise ValueError(f"make_pair: config names LUT ids missing from the LUT pack: {missing}")
+
+
 def make_pair(
     image: torch.Tensor,
     config: SynthConfig,
@@ -257,31 +292,70 @@ def make_pair(
     removal: ``(transformed, original, spec)``; preset: two different looks of the same
     image, ``(look_a, look_b, spec)``. ``spec`` (JSON-able) regenerates both outputs via
     ``regenerate_pair``."""
-    if not isinstance(config, SynthConfig):
-        raise ValueError(f"make_pair: config must be a SynthConfig, got {type(config).__name__}")
-    missing = [n for n in config.luts if luts is None or n not in luts]
-    if missing:
-        raise ValueError(f"make_pair: config names LUT ids missing from the LUT pack: {missing}")
-    first = sample_transform(config, derive_rng(seed, key, pair_index, "input"))
-    if config.mode == "removal":
-        second = _identity_spec()
-    else:
-        rng = derive_rng(seed, key, pair_index, "target")
-        for _ in range(_PRESET_RETRIES):
-            second = sample_transform(config, rng)
-            if not _same_look(first, second):
-                break
-    spec = {
-        "version": SPEC_VERSION,
-        "mode": config.mode,
-        "seed": int(seed),
-        "key": key,
-        "pair_index": int(pair_index),
-        "input": first,
-        "target": second,
-    }
+    _check_pack(config, luts)
+    spec = pair_spec(config, seed, key, pair_index)
     inp, tgt = regenerate_pair(image, spec, luts)
     return inp, tgt, spec
+
+
+# --------------------------------------------------------------------------- 8-bit fast path
+# Most transforms are pure colour maps. For 8-bit images on the CPU they run through
+# Pillow's C Color3DLUT (16-bit fixed point trilinear) straight on the uint8 pixels, which
+# is ~2x the float torch path once the uint8<->float conversions are counted. Anything
+# spatial or image-dependent (vignettes, spatial filters, perturbations) takes the torch path.
+PILLOW_MAX_LUT = 65  # Pillow's Color3DLUT size limit
+
+
+def pure_lut(spec: Mapping, luts: Mapping[str, LUT3D] | None = None) -> LUT3D | None:
+    """The transform as one LUT (strength folded into the table), or None when it is not
+    a pure colour map Pillow can apply."""
+    _validate_spec(spec)
+    if spec["perturb"]:
+        return None
+    family, strength = spec["family"], float(spec["strength"])
+    if family == "lut":
+        if luts is None or spec["id"] not in luts:
+            raise ValueError(f"pure_lut: LUT id {spec['id']!r} is not in the LUT pack")
+        lut = luts[spec["id"]]
+        if np.any(np.asarray(lut.domain_min) != 0.0) or np.any(np.asarray(lut.domain_max) != 1.0):
+            return None
+        table = np.asarray(lut.table, dtype=np.float32)
+    elif family == "filter" and spec["id"] not in SPATIAL_FILTERS:
+        table = np.asarray(filter_lut(spec["id"]).table, dtype=np.float32)
+    elif family == "grade" and not spec["params"].get("vignette"):
+        table = grade_lut(spec["params"])
+    else:
+        return None
+    size = table.shape[0]
+    if size > PILLOW_MAX_LUT:
+        return None
+    if strength < 1.0:
+        table = identity_table(size) * (1.0 - strength) + table * strength
+    return LUT3D(np.clip(table, 0.0, 1.0).astype(np.float32), title=str(spec["id"]))
+
+
+def render(pixels: np.ndarray, spec: Mapping, luts: Mapping[str, LUT3D] | None = None) -> np.ndarray:
+    """Apply a transform spec to an 8-bit RGB image (H, W, 3) → uint8 (H, W, 3).
+
+    Deterministic from the spec (Pillow for pure colour maps, torch otherwise); this is
+    what synth-pairs writes, so ``render`` regenerates a pair's images exactly."""
+    if spec.get("family") == "identity" and not spec.get("perturb"):
+        return pixels
+    lut = pure_lut(spec, luts)
+    if lut is not None:
+        from PIL import Image, ImageFilter
+
+        flt = ImageFilter.Color3DLUT(lut.table.shape[0], lut.table.reshape(-1))
+        return np.asarray(Image.fromarray(pixels, "RGB").filter(flt))
+    with torch.no_grad():
+        return to_uint8(apply_transform(to_float(pixels).unsqueeze(0), spec, luts)[0])
+
+
+def render_pair(pixels: np.ndarray, spec: Mapping, luts: Mapping[str, LUT3D] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(input, target)`` uint8 images of a pair spec."""
+    if not isinstance(spec, Mapping) or spec.get("version") != SPEC_VERSION or spec.get("mode") not in MODES:
+        raise ValueError(f"render_pair: not a version-{SPEC_VERSION} pair spec: {spec!r}")
+    return render(pixels, spec["input"], luts), render(pixels, spec["target"], luts)
 
 
 def regenerate_pair(image: torch.Tensor, spec: Mapping, luts: Mapping[str, LUT3D] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -334,3 +334,14 @@ def test_reasons_are_deterministic():
             decode_image(corpus.text_bytes())
         reasons.add(str(info.value))
     assert len(reasons) == 1 and " at 0x" not in reasons.pop()
+
+
+def test_is_plain_jpeg_only_for_rgb_jpegs_without_rotation():
+    from chromabeam.transforms.ops.imageio import is_plain_jpeg
+
+    assert is_plain_jpeg(corpus.jpeg(32, 24))
+    assert not is_plain_jpeg(corpus.cmyk_jpeg(32, 24))
+    assert not is_plain_jpeg(corpus.oriented_jpeg(6))
+    assert is_plain_jpeg(corpus.oriented_jpeg(1))
+    assert not is_plain_jpeg(corpus.png(32, 24))
+    assert not is_plain_jpeg(corpus.truncated(corpus.png(32, 24)))
