@@ -125,6 +125,7 @@ def summarize(output: str, task: str, *, started: float, params: dict, extra: di
                 head = err.split(":", 1)[0][:80]
                 reasons[head] = reasons.get(head, 0) + 1
     summary = {
+        "metrics": metric_stats(table),
         "task": task,
         "schema_version": SCHEMA_VERSION,
         "counts": {"records": len(keys), "rows": rows, "ok": ok, "error": rows - ok},
@@ -135,6 +136,30 @@ def summarize(output: str, task: str, *, started: float, params: dict, extra: di
     }
     summary.update(extra or {})
     return summary
+
+
+def metric_stats(table) -> dict[str, dict[str, float]]:
+    """Mean / median / 5th percentile / count of each metric column over ok rows (finite values)."""
+    import numpy as np
+
+    from chromabeam.schemas.manifest import METRIC_NAMES
+
+    out: dict[str, dict[str, float]] = {}
+    if table is None:
+        return out
+    for name in METRIC_NAMES:
+        if name not in table.column_names:
+            continue
+        vals = np.array([v for v in table.column(name).to_pylist() if v is not None], dtype=float)
+        finite = vals[np.isfinite(vals)]
+        if vals.size:
+            out[name] = {
+                "count": int(vals.size),
+                "mean": round(float(finite.mean()), 4) if finite.size else float("inf"),
+                "median": round(float(np.median(vals)), 4),
+                "p5": round(float(np.percentile(vals, 5)), 4),
+            }
+    return out
 
 
 def run_job(

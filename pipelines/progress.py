@@ -42,8 +42,9 @@ class ProgressFn(beam.DoFn):
     def _report(self, now: float, total: int) -> None:
         elapsed = max(now - self._start, 1e-6)
         rate = self._done / elapsed
-        eta = f", ETA {max(total - self._done, 0) / rate:.0f} s" if total and rate > 0 else ""
-        line = f"chromabeam {self._task}: {self._done}/{total or '?'} rows ({rate:.1f}/s{eta})"
+        # Rows can outnumber records (pairs, styles): the ETA is only shown while it means something.
+        eta = f", ETA {(total - self._done) / rate:.0f} s" if total and rate > 0 and self._done <= total else ""
+        line = f"chromabeam {self._task}: {self._done} rows from {total or '?'} records ({rate:.1f} rows/s{eta})"
         if self._tty:
             sys.stderr.write("\r" + line)
         else:

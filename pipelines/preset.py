@@ -1,0 +1,136 @@
+"""``chromabeam preset create REF OUT.json`` and ``chromabeam preset list [DIR]``.
+
+A preset is a style computed once and saved: the k×k matrix ``r`` the DNCM encoder
+predicts for a reference image, with the sha256 of the weights that made it (r is only
+meaningful with those weights' P_s, Q_s) and where it came from::
+
+    {"format": "chromabeam-dncm-preset", "version": 1, "name": "warm", "k": 16,
+     "r": [[...16 floats...], ...], "weights": "dncm-<sha12>.safetensors",
+     "weights_sha256": "<64 hex>", "source": "<reference URL>", "description": "...",
+     "created": "<UTC ISO time>"}
+
+``chromabeam stylize --style warm.json`` (or a shipped preset's bare name) reuses it
+without running the encoder on the reference again.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.resources
+import json
+import os
+from datetime import datetime, timezone
+
+from chromabeam.transforms import storage
+from chromabeam.transforms.stylize_handler import (
+    PRESET_FORMAT, StyleHandler, read_preset, style_source,
+)
+
+__all__ = ["create_preset", "list_presets", "shipped_presets", "shipped_preset", "presets_dir",
+           "add_preset_arguments", "preset_command"]
+
+PRESET_VERSION = 1
+
+
+def presets_dir() -> str:
+    return str(importlib.resources.files("chromabeam") / "data" / "presets")
+
+
+def shipped_presets() -> list[str]:
+    """Paths of the presets shipped with chromabeam (sorted)."""
+    return sorted(glob.glob(os.path.join(presets_dir(), "*.json")))
+
+
+def shipped_preset(name: str) -> str | None:
+    path = os.path.join(presets_dir(), f"{name}.json")
+    return path if "/" not in name and os.path.isfile(path) else None
+
+
+def create_preset(ref: str, out: str, *, weights: str | None = None, device: str = "auto",
+                  name: str | None = None, description: str = "") -> dict:
+    """Encode the reference image ``ref`` once and write its preset to ``out`` (any URL).
+    Returns the preset document."""
+    from chromabeam.pipelines.stylize import resolve_weights
+
+    url, sha = resolve_weights(weights)
+    source = style_source(ref)
+    if source.data is None:
+        raise ValueError(f"preset create: {storage.redact(ref)} is already a preset; pass a reference image")
+    handler = StyleHandler(weights=url, expected_sha256=sha, device=device, batch_size=1)
+    model = handler.load_model()
+    (result,) = handler.run_inference([source], model)
+    entry = result.inference
+    doc = {
+        "format": PRESET_FORMAT,
+        "version": PRESET_VERSION,
+        "name": name or storage.basename(out).rsplit(".", 1)[0],
+        "k": int(entry.r.shape[0]),
+        "r": [[round(float(v), 7) for v in row] for row in entry.r],
+        "weights": storage.basename(url),
+        "weights_sha256": model.weights_sha256,
+        "source": storage.redact(ref),
+        "description": description,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    storage.put_atomic(out, (json.dumps(doc, indent=1) + "\n").encode())
+    return doc
+
+
+def list_presets(folder: str) -> list[dict]:
+    """Every readable preset in ``folder`` (``.json`` files): name, path, k, weights,
+    source, description; unreadable files are listed with their ``error``."""
+    out = []
+    for url in storage.expand(folder, extensions=(".json",)):
+        try:
+            doc = read_preset(url)
+        except ValueError as exc:
+            out.append({"path": url, "error": str(exc)})
+            continue
+        out.append({"name": doc.get("name"), "path": url, "k": doc["k"], "weights_sha256": doc.get("weights_sha256"),
+                    "source": doc.get("source"), "description": doc.get("description", "")})
+    return out
+
+
+def add_preset_arguments(subparsers) -> argparse.ArgumentParser:
+    """Add ``preset`` (with ``create`` and ``list``) to the CLI's subparsers."""
+    p = subparsers.add_parser("preset", help="Create and list DNCM style presets.",
+                              description="Create and list DNCM style presets (a style's r, computed once).")
+    sub = p.add_subparsers(dest="preset_command", metavar="ACTION", required=True)
+    c = sub.add_parser("create", help="encode a reference image into a preset JSON")
+    c.add_argument("ref", metavar="REF", help="reference image URL")
+    c.add_argument("out", metavar="OUT.json")
+    c.add_argument("--weights", metavar="URL", default=None, help="DNCM safetensors (default: the shipped weights)")
+    c.add_argument("--device", default="auto")
+    c.add_argument("--name", default=None, help="preset name (default: OUT's file stem)")
+    c.add_argument("--description", default="")
+    ls = sub.add_parser("list", help="list the presets in a folder (default: the shipped presets)")
+    ls.add_argument("dir", metavar="DIR", nargs="?", default=None)
+    ls.add_argument("--json", action="store_true", help="print JSON lines")
+    return p
+
+
+def preset_command(args: argparse.Namespace) -> int:
+    from chromabeam.transforms.devices import DeviceError
+
+    if args.preset_command == "create":
+        try:
+            doc = create_preset(args.ref, args.out, weights=args.weights, device=args.device,
+                                name=args.name, description=args.description)
+        except (ValueError, OSError, DeviceError) as exc:
+            print(f"chromabeam preset create: {exc}")
+            return 2
+        print(f"preset {doc['name']!r} (k={doc['k']}, weights {doc['weights_sha256'][:12]}) → {storage.redact(args.out)}")
+        return 0
+    folder = args.dir or presets_dir()
+    rows = list_presets(folder)
+    for row in rows:
+        if args.json:
+            print(json.dumps(row, sort_keys=True))
+        elif "error" in row:
+            print(f"{storage.basename(row['path'])}: unreadable: {row['error']}")
+        else:
+            print(f"{row['name']:<16} k={row['k']:<3} weights {str(row['weights_sha256'])[:12]}  "
+                  f"{row['description'] or row['source']}")
+    if not rows:
+        print(f"no presets in {storage.redact(folder)}")
+    return 0
