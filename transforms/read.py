@@ -236,6 +236,12 @@ def _read_parquet(url: str, max_bytes: int) -> Iterator[ImageRecord | ReadError]
                         yield ReadError(key, src, f"image is {len(value)} bytes, over the limit")
                     else:
                         yield ImageRecord(key, src, bytes(value))
+            # pyarrow's iter_batches can stop early on a corrupt page without raising
+            # (read() of the same file says "Negative size"); the footer's count tells.
+            expected = pf.metadata.num_rows
+            if row < expected:
+                yield ReadError(stem, url, f"unreadable Parquet shard: pages end after {row} of {expected} rows "
+                                           "(corrupt file?); later rows lost")
     except storage.StorageError as exc:
         yield ReadError(stem, url, str(exc))
     except Exception as exc:  # corrupt footer, truncated row group, ...
@@ -272,3 +278,150 @@ class ReadImages(beam.PTransform):
             | "SpreadShards" >> beam.Reshuffle()
             | "ReadShard" >> beam.ParDo(ReadShardFn(max_bytes=self._max_bytes))
         )
+
+
+# --------------------------------------------------------------------------- one record by URI
+# Manifests name images as a plain object URL, ``SHARD.tar#MEMBER`` (an output or input
+# WebDataset member) or ``FILE.parquet#row=N`` (row N of a Parquet shard's image column).
+# The first ".tar#" / ".parquet#" splits: keys may contain '#', shard names rarely do.
+_URI_FRAGMENT = re.compile(r"^(.*?\.(tar|parquet))#(.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def _split_uri(uri: str) -> tuple[str, str, str | None]:
+    """(container URL, kind 'tar'|'parquet'|'file', fragment or None)."""
+    m = _URI_FRAGMENT.match(uri)
+    if not m:
+        return uri, "file", None
+    return m.group(1), m.group(2).lower(), m.group(3)
+
+
+def _parquet_row(fragment: str, uri: str) -> int:
+    m = re.fullmatch(r"row=(\d+)", fragment)
+    if not m:
+        raise ValueError(f"{storage.redact(uri)}: expected '#row=N' after a .parquet URL, got {fragment!r}")
+    return int(m.group(1))
+
+
+def read_uri(uri: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The image bytes a manifest URI names: a plain URL, ``SHARD.tar#MEMBER`` (the tar is
+    streamed until the member) or ``FILE.parquet#row=N`` (that row's ``image`` column).
+
+    Raises StorageError when the object cannot be read and ValueError (reason in the
+    message) when the member/row is absent, damaged or over ``max_bytes``.
+    """
+    value = read_uris([uri], max_bytes=max_bytes)[uri]
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+def read_uris(uris, *, max_bytes: int = DEFAULT_MAX_BYTES, deadline: float | None = None) -> dict:
+    """``read_uri`` for many URIs, reading each shard once: members of one tar come from a
+    single streaming pass that stops at the last one wanted; rows of one Parquet file come
+    from the row groups that hold them.
+
+    Returns ``{uri: bytes | Exception}`` (StorageError / ValueError as ``read_uri`` raises;
+    TimeoutError for shards not started before ``deadline``, a ``time.monotonic()`` value).
+    """
+    import time
+
+    groups: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for uri in dict.fromkeys(uris):
+        url, kind, fragment = _split_uri(uri)
+        groups.setdefault((url, kind), {}).setdefault(fragment, []).append(uri)
+    out: dict = {}
+    for (url, kind), wanted in groups.items():
+        if deadline is not None and time.monotonic() > deadline:
+            found: dict = {f: TimeoutError("not read: time budget spent") for f in wanted}
+        else:
+            try:
+                if kind == "tar":
+                    found = _tar_members(url, list(wanted), max_bytes)
+                elif kind == "parquet":
+                    found = _parquet_rows(url, list(wanted), max_bytes)
+                else:  # a whole object (an image file)
+                    found = {None: _whole_file(url, max_bytes)}
+            except storage.StorageError as exc:
+                found = {f: exc for f in wanted}
+        for fragment, names in wanted.items():
+            value = found.get(fragment)
+            if value is None:
+                value = ValueError(f"{storage.redact(url)} has no member {fragment!r}")
+            for uri in names:
+                out[uri] = value
+    return out
+
+
+def _whole_file(url: str, max_bytes: int) -> bytes | Exception:
+    n = storage.size(url)
+    if n is not None and n > max_bytes:
+        return ValueError(f"{storage.redact(url)} is {n} bytes, over the {max_bytes}-byte limit")
+    return storage.read_bytes(url)
+
+
+def _tar_members(url: str, members: list[str], max_bytes: int) -> dict:
+    todo = set(members)
+    found: dict = {}
+    try:
+        with storage.open_url(url, "rb") as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
+            for info in tar:
+                if info.name not in todo:
+                    continue
+                if not info.isfile():
+                    found[info.name] = ValueError(f"tar member {info.name!r} is not a regular file")
+                elif info.size > max_bytes:
+                    found[info.name] = ValueError(f"tar member {info.name!r} is {info.size} bytes, over the limit")
+                else:
+                    data = tar.extractfile(info)
+                    found[info.name] = data.read() if data else b""
+                todo.discard(info.name)  # only now: a read cut short below still gets the reason
+                if not todo:
+                    break
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        reason = ValueError(f"unreadable tar shard {storage.redact(url)}: {type(exc).__name__}: {exc}")
+        found.update({m: reason for m in todo})
+    return found
+
+
+def _parquet_rows(url: str, fragments: list[str], max_bytes: int) -> dict:
+    import pyarrow.parquet as pq
+
+    found: dict = {}
+    rows: dict[int, list[str]] = {}
+    for f in fragments:
+        try:
+            rows.setdefault(_parquet_row(f, url), []).append(f)
+        except ValueError as exc:
+            found[f] = exc
+    try:
+        with storage.open_url(url, "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            if "image" not in pf.schema_arrow.names:
+                reason = ValueError(f"{storage.redact(url)} has no 'image' column")
+                return {**found, **{f: reason for fs in rows.values() for f in fs}}
+            start = 0
+            for g in range(pf.metadata.num_row_groups):
+                n = pf.metadata.row_group(g).num_rows
+                here = [r for r in rows if start <= r < start + n]
+                if here:
+                    column = pf.read_row_group(g, columns=["image"]).column(0)
+                    for r in here:
+                        value = column[r - start].as_py()
+                        if not isinstance(value, (bytes, bytearray)):
+                            result = ValueError(f"row {r} of {storage.redact(url)}: image is {type(value).__name__}, not bytes")
+                        elif len(value) > max_bytes:
+                            result = ValueError(f"row {r} of {storage.redact(url)}: image is {len(value)} bytes, over the limit")
+                        else:
+                            result = bytes(value)
+                        for f in rows.pop(r):
+                            found[f] = result
+                start += n
+            for r, fs in rows.items():
+                for f in fs:
+                    found[f] = ValueError(f"{storage.redact(url)} has {start} rows; no row {r}")
+    except storage.StorageError:
+        raise
+    except Exception as exc:  # corrupt footer, truncated row group, ...
+        reason = ValueError(f"unreadable Parquet file {storage.redact(url)} ({type(exc).__name__}: {exc})")
+        found.update({f: reason for fs in rows.values() for f in fs})
+    return found
