@@ -23,5 +23,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# Memory soak: thousands of images through a job; prints peak RSS against image count.
+soak: setup
+	$(PY) -m pytest -q -s -m soak tests/soak
+
+bench: setup
+	$(PY) benchmarks/synth_pairs_speed.py
+
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache *.egg-info

@@ -239,7 +239,7 @@ def grade_function(rgb: np.ndarray, params: Mapping) -> np.ndarray:
     return np.clip(x, 0.0, 1.0)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=8)
 def _grade_lut_cached(key: str, size: int) -> LUT3D:
     params = json.loads(key)
     table = grade_function(identity_table(size), params).astype(np.float32)
