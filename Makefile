@@ -31,4 +31,4 @@ bench: setup
 	$(PY) benchmarks/synth_pairs_speed.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache *.egg-info
+	rm -rf $(VENV) demo-output yaml-output .pytest_cache *.egg-info

@@ -37,7 +37,7 @@ setup(
     package_data={"chromabeam": ["data/*", "data/**/*"]},
     include_package_data=True,
     install_requires=[
-        "apache-beam>=2.60",
+        "apache-beam[yaml]>=2.60",  # [yaml]: Beam YAML needs pandas
         "torch==2.13.0",
         "numpy>=1.24",
         "pyarrow>=15",

@@ -31,7 +31,6 @@ PENDING = {  # subcommand → the issue that brings it; never a fake result mean
     "restore": 5,
     "stylize": 4,
     "train": 4,
-    "run": 6,
 }
 
 
@@ -109,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pairs", metavar="PAIRS")
     p.add_argument("weights_out", metavar="WEIGHTS_OUT")
 
-    p = add("run", "Run a Beam YAML pipeline with chromabeam's transforms.")
-    p.add_argument("pipeline", metavar="PIPELINE.yaml")
+    from chromabeam.pipelines import run_yaml
+
+    run_yaml.add_run_arguments(add("run", "Run a Beam YAML pipeline with chromabeam's transforms."))
 
     p = add("demo", "Run the main job on bundled photos, offline.")
     p.add_argument("output", metavar="OUTPUT", nargs="?", default="demo-output")
@@ -219,6 +219,12 @@ def _print_summary(summary: dict, output: str) -> None:
         print(f"  {n} × {reason}")
 
 
+def cmd_run(args, beam_args: list[str]) -> int:
+    from chromabeam.pipelines import run_yaml
+
+    return run_yaml.run_command(args, beam_args)
+
+
 def cmd_report(args, beam_args: list[str]) -> int:
     from chromabeam.pipelines import report
 
@@ -237,6 +243,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "report": cmd_report,
     "inspect": cmd_inspect,
+    "run": cmd_run,
 }
 
 
