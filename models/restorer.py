@@ -42,14 +42,25 @@ from chromabeam.transforms.ops.dncm import (
     map_row_chunks,
 )
 
-__all__ = ["Restorer"]
+__all__ = ["Restorer", "soft_histogram"]
 
 _LUMA_709 = (0.2126, 0.7152, 0.0722)
 
 
+def soft_histogram(x: torch.Tensor, bins: int) -> torch.Tensor:
+    """Per-channel histograms of ``x`` ``(B, 3, H, W)`` in [0, 1] with triangular (linear
+    interpolation) bins centred on ``linspace(0, 1, bins)``: ``(B, 3 * bins)``, each
+    channel's bins summing to 1. Differentiable in ``x``."""
+    centres = torch.linspace(0.0, 1.0, bins, device=x.device, dtype=x.dtype)
+    d = (x.clamp(0.0, 1.0).unsqueeze(2) - centres.view(1, 1, bins, 1, 1)).abs() * (bins - 1)
+    return F.relu(1.0 - d).mean(dim=(3, 4)).flatten(1)
+
+
 class Restorer(nn.Module):
     """``Restorer(lut_size=17, lut_basis=8, grid_size=16, grid_bins=8, view_size=256,
-    width=64, pretrained=True)``.
+    width=64, hist_bins=0, pretrained=True)``. ``hist_bins > 0`` adds colour statistics
+    of the view to the heads (per-channel soft histograms for the global path, each grid
+    cell's mean colour for the local path).
 
     - ``forward(x) -> restored``: ``(B, 3, H, W)`` in [0, 1] → ``(B, 3, H, W)``; clamped
       to [0, 1] in eval mode only (training losses keep their gradients);
@@ -65,31 +76,37 @@ class Restorer(nn.Module):
         grid_bins: int = 8,
         view_size: int = 256,
         width: int = 64,
+        hist_bins: int = 0,
         pretrained: bool = True,
     ):
         super().__init__()
-        if lut_size < 2 or lut_basis < 1 or grid_size < 1 or grid_bins < 1 or view_size < 32 or width < 1:
+        if (lut_size < 2 or lut_basis < 1 or grid_size < 1 or grid_bins < 1 or view_size < 32 or width < 1
+                or hist_bins < 0 or hist_bins == 1):
             raise ValueError(
                 "Restorer: need lut_size >= 2, lut_basis >= 1, grid_size >= 1, grid_bins >= 1, "
-                f"view_size >= 32, width >= 1; got {lut_size}, {lut_basis}, {grid_size}, {grid_bins}, "
-                f"{view_size}, {width}"
+                f"view_size >= 32, width >= 1, hist_bins 0 or >= 2; got {lut_size}, {lut_basis}, {grid_size}, "
+                f"{grid_bins}, {view_size}, {width}, {hist_bins}"
             )
         self.lut_size, self.lut_basis_count = int(lut_size), int(lut_basis)
         self.grid_size, self.grid_bins = int(grid_size), int(grid_bins)
         self.view_size, self.width = int(view_size), int(width)
+        self.hist_bins = int(hist_bins)
         self.chunk_pixels = DEFAULT_CHUNK_PIXELS
 
         self.encoder = efficientnet_lite0(pretrained, include_top=False).train()
         c16, c32 = PYRAMID_CHANNELS[2], PYRAMID_CHANNELS[3]
         # Global path → LUT mixing weights (and context for the local path).
-        self.global_fc = nn.Sequential(nn.Linear(c32, width), nn.ReLU())
+        # Optional colour statistics of the view (per-channel soft histograms): ImageNet
+        # features are trained to ignore colour casts, the histograms are not.
+        self.global_fc = nn.Sequential(nn.Linear(c32 + 3 * self.hist_bins, width), nn.ReLU())
         self.lut_weights = nn.Linear(width, lut_basis)
         # Small random bases: with zero mixing weights the LUT is still the identity, and the
         # weights get a gradient at once (all-zero bases would never learn).
         self.lut_basis = nn.Parameter(torch.randn(lut_basis, 3, lut_size, lut_size, lut_size) * 1e-2)
         # Local path → bilateral grid of affine deltas (HDRNet's local + global fusion).
         self.local = nn.Sequential(
-            nn.Conv2d(c16, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1)
+            nn.Conv2d(c16 + (3 if self.hist_bins else 0), width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1)
         )
         self.global_to_local = nn.Linear(width, width)
         self.grid_head = nn.Conv2d(width, 12 * grid_bins, 1)
@@ -117,6 +134,7 @@ class Restorer(nn.Module):
             "grid_bins": self.grid_bins,
             "view_size": self.view_size,
             "width": self.width,
+            "hist_bins": self.hist_bins,
         }
 
     @staticmethod
@@ -125,36 +143,59 @@ class Restorer(nn.Module):
             got = (tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"Restorer.{fname}: expected float RGB images (B, 3, H, W) in [0, 1], got {got}")
 
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, 3, H, W)`` → LUT ``(B, 3, S, S, S)`` and grid ``(B, 12, D, G, G)``."""
-        self._check(x, "predict")
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` → the encoder's ``(B, 3, view_size, view_size)`` view (the whole
+        image, resized with antialiasing; the aspect ratio is not kept)."""
+        self._check(x, "view")
         s = self.view_size
-        view = x if x.shape[-2:] == (s, s) else F.interpolate(
-            x, size=(s, s), mode="bilinear", antialias=True, align_corners=False
-        )
+        if x.shape[-2:] == (s, s):
+            return x
+        return F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+
+    def encode(self, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder features of a view: stride-16 map ``(B, 112, h, w)`` and the pooled head
+        ``(B, 1280)``. With a frozen encoder a trainer may compute these once per image."""
         _, _, f16, f32 = self.encoder.pyramid(view)
-        g = self.global_fc(f32.mean(dim=(2, 3)))
+        return f16, f32.mean(dim=(2, 3))
+
+    def heads(self, view: torch.Tensor, f16: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """View + encoder features → LUT ``(B, 3, S, S, S)`` and grid ``(B, 12, D, G, G)``."""
+        if self.hist_bins:
+            pooled = torch.cat([pooled, soft_histogram(view, self.hist_bins)], dim=1)
+        g = self.global_fc(pooled)
         w = self.lut_weights(g)  # (B, n_basis)
         lut = self._lut_identity + torch.einsum("bn,ncdhw->bcdhw", w, self.lut_basis)
 
-        if f16.shape[-1] != self.grid_size or f16.shape[-2] != self.grid_size:
-            f16 = F.interpolate(f16, size=(self.grid_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        gs = self.grid_size
+        if f16.shape[-2:] != (gs, gs):
+            f16 = F.interpolate(f16.to(view.dtype), size=(gs, gs), mode="bilinear", align_corners=False, antialias=True)
+        if self.hist_bins:  # each cell's mean colour: what a vignette or gradient changes
+            f16 = torch.cat([f16.to(view.dtype), F.adaptive_avg_pool2d(view, gs)], dim=1)
         local = self.local(f16) + self.global_to_local(g)[:, :, None, None]
         delta = self.grid_head(F.relu(local))  # (B, 12*D, G, G)
-        b, gs = x.shape[0], self.grid_size
-        grid = self._grid_identity + delta.view(b, 12, self.grid_bins, gs, gs)
+        grid = self._grid_identity + delta.view(view.shape[0], 12, self.grid_bins, gs, gs)
         return lut, grid
 
-    def apply(self, x: torch.Tensor, lut: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 3, H, W)`` → LUT ``(B, 3, S, S, S)`` and grid ``(B, 12, D, G, G)``."""
+        view = self.view(x)
+        return self.heads(view, *self.encode(view))
+
+    def apply(
+        self, x: torch.Tensor, lut: torch.Tensor, grid: torch.Tensor, *, window: tuple[int, int, int, int] | None = None
+    ) -> torch.Tensor:
         """Apply a predicted ``lut``/``grid`` to ``x`` ``(B, 3, H, W)`` at full resolution,
-        in row chunks. Returns ``(B, 3, H, W)``, not clamped."""
+        in row chunks. ``window=(top, left, full_h, full_w)`` says ``x`` is that crop of a
+        larger image (the grid spans the larger image). Returns ``(B, 3, H, W)``, not clamped."""
         self._check(x, "apply")
         h, w = x.shape[-2:]
+        top, left, full_h, full_w = window or (0, 0, h, w)
 
         def rows(r0: int, r1: int) -> torch.Tensor:
             xc = x[:, :, r0:r1]
             local = bilateral_grid_apply(
-                xc, grid, self.guide(xc), row_offset=r0, full_height=h, chunk_pixels=None
+                xc, grid, self.guide(xc), row_offset=top + r0, full_height=full_h,
+                col_offset=left, full_width=full_w, chunk_pixels=None,
             )
             return lut3d_apply(local, lut, chunk_pixels=None)
 

@@ -23,15 +23,11 @@ EXAMPLES = {
     "train": "chromabeam train restorer gs://bucket/pairs weights/ --steps 20000 --device cuda",
     "run": "chromabeam run examples/restore.yaml",
     "demo": "chromabeam demo demo-output",
+    "preset": "chromabeam preset create ref.jpg looks/warm.json",
     "report": "chromabeam report gs://bucket/eval-2026-11-23",
     "inspect": "chromabeam inspect gs://bucket/eval-2026-11-23 --where \"psnr < 25\" --limit 20",
 }
 
-PENDING = {  # subcommand → the issue that brings it; never a fake result meanwhile
-    "restore": 5,
-    "stylize": 4,
-    "train": 4,
-}
 
 
 class CliError(Exception):
@@ -95,18 +91,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chance of an unchanged input in removal mode (default 0.05, 0 with --luts)")
     _common(p)
 
-    p = add("restore", "Remove Instagram-style filters and colour grades.")
+    from chromabeam.models import train_dncm, train_restorer
+    from chromabeam.pipelines import preset, restore, stylize
+
+    p = add("restore", "Remove Instagram-style filters and colour grades (blind, at full resolution).")
     p.add_argument("input", metavar="INPUT")
     p.add_argument("output", metavar="OUTPUT")
+    restore.add_arguments(p)
+    _common(p)
 
     p = add("stylize", "Transfer colour style with DNCM (Neural Preset).")
     p.add_argument("input", metavar="INPUT")
     p.add_argument("output", metavar="OUTPUT")
+    stylize.add_arguments(p)
+    _common(p)
 
     p = add("train", "Train the dncm or restorer model on synthesized pairs.")
-    p.add_argument("model", choices=["dncm", "restorer"])
-    p.add_argument("pairs", metavar="PAIRS")
-    p.add_argument("weights_out", metavar="WEIGHTS_OUT")
+    models = p.add_subparsers(dest="model", metavar="MODEL", required=True)
+    for name, trainer, help_ in (("dncm", train_dncm, "DNCM colour style transfer (self-supervised, preset pairs)"),
+                                 ("restorer", train_restorer, "blind filter removal (removal pairs)")):
+        m = models.add_parser(name, help=help_, description=help_)
+        m.add_argument("pairs", metavar="PAIRS", help="a synth-pairs OUTPUT (URL)")
+        m.add_argument("weights_out", metavar="WEIGHTS_OUT", help="folder (URL) for the safetensors weights and card")
+        trainer.add_train_arguments(m)
+
+    preset.add_preset_arguments(sub)
 
     from chromabeam.pipelines import run_yaml
 
@@ -123,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-NO_BEAM = {"report", "inspect"}  # commands that run no pipeline: any leftover flag is a mistake
+NO_BEAM = {"report", "inspect", "train", "preset"}  # commands that run no pipeline: any leftover flag is a mistake
 
 
 def unknown_flags(beam_args: list[str]) -> list[str]:
@@ -219,6 +228,30 @@ def _print_summary(summary: dict, output: str) -> None:
         print(f"  {n} × {reason}")
 
 
+def cmd_restore(args, beam_args: list[str]) -> int:
+    from chromabeam.pipelines import restore
+
+    return restore.command(args, beam_args)
+
+
+def cmd_stylize(args, beam_args: list[str]) -> int:
+    from chromabeam.pipelines import stylize
+
+    return stylize.command(args, beam_args)
+
+
+def cmd_train(args, beam_args: list[str]) -> int:
+    from chromabeam.models import train_dncm, train_restorer
+
+    return {"dncm": train_dncm, "restorer": train_restorer}[args.model].train_command(args)
+
+
+def cmd_preset(args, beam_args: list[str]) -> int:
+    from chromabeam.pipelines import preset
+
+    return preset.preset_command(args)
+
+
 def cmd_run(args, beam_args: list[str]) -> int:
     from chromabeam.pipelines import run_yaml
 
@@ -244,6 +277,10 @@ COMMANDS = {
     "report": cmd_report,
     "inspect": cmd_inspect,
     "run": cmd_run,
+    "restore": cmd_restore,
+    "stylize": cmd_stylize,
+    "train": cmd_train,
+    "preset": cmd_preset,
 }
 
 
@@ -256,10 +293,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command in PENDING and args.command not in COMMANDS:
-        print(f"chromabeam {args.command}: not implemented yet (issue #{PENDING[args.command]}); "
-              "no output was written", file=sys.stderr)
-        return 3
     from chromabeam.pipelines.job import JobError
 
     unknown = unknown_flags(beam_args) if args.command not in NO_BEAM else [a for a in beam_args if a.startswith("-")]

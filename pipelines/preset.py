@@ -27,7 +27,7 @@ from chromabeam.transforms.stylize_handler import (
 )
 
 __all__ = ["create_preset", "list_presets", "shipped_presets", "shipped_preset", "presets_dir",
-           "add_preset_arguments", "preset_command"]
+           "add_preset_arguments", "preset_command", "SHIPPED_LOOKS", "build_shipped_presets"]
 
 PRESET_VERSION = 1
 
@@ -47,18 +47,18 @@ def shipped_preset(name: str) -> str | None:
 
 
 def create_preset(ref: str, out: str, *, weights: str | None = None, device: str = "auto",
-                  name: str | None = None, description: str = "") -> dict:
+                  name: str | None = None, description: str = "", source: str | None = None) -> dict:
     """Encode the reference image ``ref`` once and write its preset to ``out`` (any URL).
     Returns the preset document."""
     from chromabeam.pipelines.stylize import resolve_weights
 
     url, sha = resolve_weights(weights)
-    source = style_source(ref)
-    if source.data is None:
+    style = style_source(ref)
+    if style.data is None:
         raise ValueError(f"preset create: {storage.redact(ref)} is already a preset; pass a reference image")
     handler = StyleHandler(weights=url, expected_sha256=sha, device=device, batch_size=1)
     model = handler.load_model()
-    (result,) = handler.run_inference([source], model)
+    (result,) = handler.run_inference([style], model)
     entry = result.inference
     doc = {
         "format": PRESET_FORMAT,
@@ -68,12 +68,66 @@ def create_preset(ref: str, out: str, *, weights: str | None = None, device: str
         "r": [[round(float(v), 7) for v in row] for row in entry.r],
         "weights": storage.basename(url),
         "weights_sha256": model.weights_sha256,
-        "source": storage.redact(ref),
+        "source": source or storage.redact(ref),
         "description": description,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     storage.put_atomic(out, (json.dumps(doc, indent=1) + "\n").encode())
     return doc
+
+
+def _grade(**kw) -> dict:
+    base = {"version": 1, "tone": [0.0, 0.25, 0.5, 0.75, 1.0], "channel_mid": [0.0, 0.0, 0.0],
+            "mix": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], "hue_shift": 0.0, "saturation": 1.0,
+            "split": None, "fade": 0.0, "vignette": None}
+    return {**base, **kw}
+
+
+# The shipped presets: each is the r of a TRAIN photo graded with an explicit procedural
+# grade (transforms.ops.grades), so the reference is reproducible from the catalogue.
+SHIPPED_REFERENCE = "lomiri-wallpapers-16.04/Bridge_by_Sander_Klootwijk.jpg"
+SHIPPED_LOOKS: dict[str, tuple[str, dict]] = {
+    "warm": ("warm: red midtones up, blue down, a little more saturation",
+             _grade(channel_mid=[0.07, 0.015, -0.09], saturation=1.1)),
+    "teal-orange": ("teal shadows, orange highlights, S-curve contrast",
+                    _grade(tone=[0.0, 0.21, 0.5, 0.79, 1.0], saturation=1.1,
+                           split={"shadow_hue": 190.0, "shadow_strength": 0.3,
+                                  "highlight_hue": 30.0, "highlight_strength": 0.25})),
+    "faded": ("faded film: lifted blacks, flat curve, muted colour",
+              _grade(tone=[0.0, 0.28, 0.5, 0.72, 0.94], saturation=0.72, fade=0.14)),
+    "mono": ("black and white with a gentle S-curve",
+             _grade(tone=[0.0, 0.22, 0.5, 0.78, 1.0], saturation=0.0)),
+}
+
+
+def build_shipped_presets(out_dir: str, *, weights: str | None = None, cache: str = "/tmp/photo-cache",
+                          device: str = "cpu", max_side: int = 768) -> list[str]:
+    """(Re)make ``SHIPPED_LOOKS`` as presets in ``out_dir`` from ``SHIPPED_REFERENCE``
+    (a TRAIN photo, never an EVAL one) graded with each look. Returns the preset paths."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from chromabeam.models import photos
+    from chromabeam.transforms.ops.grades import apply_grade
+
+    train, _ = photos.split()
+    (photo,) = [p for p in train if p.name == SHIPPED_REFERENCE]
+    photos.fetch_debian(cache)
+    x = torch.from_numpy(photos.load(photo, cache, max_side).copy()).permute(2, 0, 1).float().div(255)[None]
+    paths = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (description, grade) in SHIPPED_LOOKS.items():
+            graded = apply_grade(x, grade).clamp(0, 1)[0]
+            ref = os.path.join(tmp, f"{name}.png")
+            Image.fromarray((graded.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(ref)
+            out = storage.join(out_dir, f"{name}.json")
+            create_preset(ref, out, weights=weights, device=device, name=name, description=description,
+                          source=f"{photo.name} ({photo.source}, {photo.path}) graded with {json.dumps(grade, sort_keys=True)}")
+            paths.append(out)
+    return paths
 
 
 def list_presets(folder: str) -> list[dict]:

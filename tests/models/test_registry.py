@@ -55,7 +55,7 @@ def test_card_sidecars(saved):
     stem = saved[: -len(".safetensors")]
     card = json.loads(open(stem + ".json").read())
     assert card["sha256"] == sha
-    assert card["config"] == {"model": "dncm", "k": 8, "encoder_size": 64}
+    assert card["config"] == {"model": "dncm", "k": 8, "encoder_size": 64, "knots": 8, "hist_bins": 16}
     assert card["training_data"] == CARD["training_data"] and card["steps"] == 1200
     assert card["metrics"] == CARD["metrics"]
     assert card["architecture"] == "chromabeam.models.dncm.DNCM" and card["parameters"] > 3_000_000

@@ -114,10 +114,13 @@ def test_learns_to_remove_a_filter():
     m.encoder.requires_grad_(False)  # heads only: enough to fit one pair, and fast
     x = photo(64, 64)
     inp = filtered(x)
+    view = m.view(inp)
+    with torch.no_grad():  # a frozen encoder's features are computed once (as the trainer does)
+        f16, pooled = m.encode(view)
     opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=3e-3)
     losses = []
     for _ in range(20):
-        loss = (m(inp) - x).abs().mean()
+        loss = (m.apply(inp, *m.heads(view, f16, pooled)) - x).abs().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -136,9 +139,51 @@ def test_deterministic():
 def test_config_and_input_checks(model):
     assert model.config == {
         "model": "restorer", "lut_size": 17, "lut_basis": 8, "grid_size": 16,
-        "grid_bins": 8, "view_size": 256, "width": 64,
+        "grid_bins": 8, "view_size": 256, "width": 64, "hist_bins": 0,
     }
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         model(torch.rand(1, 1, 32, 32))
     with pytest.raises(ValueError, match="lut_size"):
         Restorer(lut_size=1, pretrained=False)
+
+
+def test_soft_histogram_matches_numpy_on_bin_centres():
+    """Values exactly on bin centres fall into one bin each: the soft histogram is then
+    numpy's ordinary histogram (normalised)."""
+    from chromabeam.models.restorer import soft_histogram
+
+    bins = 5
+    rng = np.random.default_rng(8)
+    levels = rng.integers(0, bins, (2, 3, 9, 7))
+    x = torch.from_numpy(levels / (bins - 1)).float()
+    got = soft_histogram(x, bins).view(2, 3, bins).numpy()
+    for b in range(2):
+        for c in range(3):
+            want = np.bincount(levels[b, c].ravel(), minlength=bins) / levels[b, c].size
+            np.testing.assert_allclose(got[b, c], want, atol=1e-6)
+    # in between two centres the mass splits linearly
+    half = soft_histogram(torch.full((1, 3, 4, 4), 0.125), bins).view(3, bins)[0]
+    np.testing.assert_allclose(half.numpy(), [0.5, 0.5, 0, 0, 0], atol=1e-6)
+
+
+def test_colour_statistics_variant_odd_size_and_identity_at_init():
+    torch.manual_seed(9)
+    m = Restorer(pretrained=False, hist_bins=16, view_size=64).eval()
+    x = photo(613, 999)
+    with torch.inference_mode():
+        lut, grid = m.predict(x)
+        y = m(x)
+    assert lut.shape == (1, 3, 17, 17, 17) and grid.shape == (1, 12, 8, 16, 16)
+    assert y.shape == (1, 3, 613, 999)
+    assert psnr(y, x) > 50  # zero-initialised heads: still the identity
+    assert m.config["hist_bins"] == 16
+
+
+def test_apply_window_equals_the_same_crop_of_the_full_image():
+    m = perturbed(seed=10, hist_bins=4)
+    x = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(11))
+    with torch.inference_mode():
+        lut, grid = m.predict(x)
+        full = m.apply(x, lut, grid)
+        crop = m.apply(x[:, :, 7:30, 13:44], lut, grid, window=(7, 13, 40, 56))
+    torch.testing.assert_close(crop, full[:, :, 7:30, 13:44], rtol=0, atol=1e-6)

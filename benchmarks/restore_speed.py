@@ -1,0 +1,125 @@
+"""Restore throughput against the JPEG decode+encode floor, measured in the same run.
+
+    python benchmarks/restore_speed.py [--weights URL] [--size 1024] [--repeats 3] [--threads 1]
+
+CPU: the EVAL photos at ``--size`` long side, filtered (one IFFI filter each) and saved
+as JPEG q95. The floor is decode + encode (Pillow, what every restore job does anyway);
+restore is decode + model + encode, run two ways — one image per model call, and the
+views of a batch of 8 images through the encoder together (the pixels are then mapped
+per image). The ratio is restore throughput / floor throughput (1.0 = as fast as just
+re-encoding). Best of ``--repeats`` runs of the whole set.
+
+CUDA (when available): per-image time of the model at 4K (3840×2160) and 8K (7680×4320),
+host→device copy and device→host result included, after a warm-up; else prints
+'no CUDA here'.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from chromabeam.models import photos
+from chromabeam.models.registry import build_model
+from chromabeam.transforms.ops.filters import IFFI_FILTERS, apply_filter
+from chromabeam.transforms.ops.imageio import decode_image, encode_image
+from chromabeam.transforms.restore_handler import restore_pixels
+
+
+def _jpegs(size: int) -> list[bytes]:
+    cache = photos.fetch_debian(os.environ.get("CHROMABEAM_PHOTO_CACHE", "/tmp/photo-cache"))
+    out = []
+    for i, p in enumerate(photos.split()[1]):
+        a = photos.load(p, cache, size)
+        x = torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float() / 255
+        y = apply_filter(x, IFFI_FILTERS[i % len(IFFI_FILTERS)], 1.0)
+        out.append(encode_image((y[0].permute(1, 2, 0) * 255).round().clamp(0, 255).byte().numpy(), "jpg", 95))
+    return out
+
+
+def _best(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def cpu_table(model, files: list[bytes], repeats: int) -> list[tuple[str, float, float]]:
+    dev = torch.device("cpu")
+
+    def floor():
+        for b in files:
+            encode_image(decode_image(b), "jpg", 95)
+
+    def restore(batch: int):
+        def go():
+            for i in range(0, len(files), batch):
+                imgs = [decode_image(b) for b in files[i:i + batch]]
+                for r in restore_pixels(model, imgs, dev):
+                    encode_image(r, "jpg", 95)
+        return go
+
+    restore(1)()  # warm-up (allocator, grid_sample kernels)
+    t_floor = _best(floor, repeats)
+    rows = [("JPEG decode+encode (floor)", t_floor, 1.0)]
+    for batch in (1, 8):
+        t = _best(restore(batch), repeats)
+        rows.append((f"restore, batch {batch}", t, t_floor / t))
+    return rows
+
+
+def cuda_times(model, repeats: int) -> list[tuple[str, float]]:
+    dev = torch.device("cuda")
+    model = model.to(dev)
+    rng = np.random.default_rng(0)
+    out = []
+    for label, (w, h) in (("4K 3840×2160", (3840, 2160)), ("8K 7680×4320", (7680, 4320))):
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        restore_pixels(model, [img], dev)
+        torch.cuda.synchronize()
+
+        def go():
+            restore_pixels(model, [img], dev)
+            torch.cuda.synchronize()
+
+        out.append((label, _best(go, repeats)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--weights", default=None, help="default: the shipped restorer")
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (Pillow's codecs use one)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from chromabeam.pipelines.restore import default_weights
+
+    url, sha = (args.weights, None) if args.weights else default_weights()
+    model = build_model(url, "cpu", expected_sha256=sha)
+    files = _jpegs(args.size)
+    px = sum(np.prod(decode_image(b).shape[:2]) for b in files) / len(files)
+    print(f"CPU, {torch.get_num_threads()} torch thread(s): {len(files)} JPEGs, long side {args.size}, "
+          f"mean {px / 1e6:.2f} Mpx; weights {os.path.basename(url)}")
+    print("| pipeline | seconds for the set | images/s | throughput vs floor |")
+    print("| --- | --- | --- | --- |")
+    for label, t, ratio in cpu_table(model, files, args.repeats):
+        print(f"| {label} | {t:.2f} | {len(files) / t:.2f} | {ratio:.2f} |")
+    if torch.cuda.is_available():
+        print(f"\nCUDA ({torch.cuda.get_device_name(0)}): per-image model time, transfers included")
+        for label, t in cuda_times(model, args.repeats):
+            print(f"| {label} | {t * 1000:.1f} ms |")
+    else:
+        print("\nno CUDA here")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

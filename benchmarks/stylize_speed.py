@@ -1,0 +1,179 @@
+"""DNCM stylization speed.
+
+(a) Model application at FHD, 4K and 8K on CPU (and CUDA when available), each size in a
+    fresh process: encoder (256 px view incl. the resize), nDNCM + sDNCM (the two full-
+    resolution colour maps), and peak memory above the process's baseline (CPU: the
+    kernel's peak-RSS counter VmHWM, reset via /proc/self/clear_refs; CUDA:
+    torch.cuda.max_memory_allocated). Rows for the shipped curve DNCM and for the paper's
+    linear DNCM (same encoder, knots=0) show what the curve basis costs.
+(b) A whole ``chromabeam stylize`` job (one style, JPEG q95 files out) on N 4K JPEGs,
+    against the floor of decoding and re-encoding the same files with Pillow (same JPEG
+    settings) in one process, as a ratio.
+
+    python benchmarks/stylize_speed.py [--sizes fhd,4k,8k] [--jobs 32] [--threads 1]
+
+The 4K inputs are TRAIN photos upscaled (bicubic) to 3840×2160 and saved as JPEG q90 in a
+temporary folder.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+SIZES = {"fhd": (1080, 1920), "4k": (2160, 3840), "8k": (4320, 7680)}
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys, time, torch
+    torch.set_num_threads({threads})
+    from chromabeam.models.dncm import DNCM
+    from chromabeam.models.registry import build_model
+    h, w, device, variant, repeats = {h}, {w}, "{device}", "{variant}", {repeats}
+    if variant == "curve":
+        from chromabeam.transforms.stylize_handler import default_weights
+        m = build_model(default_weights(), device)
+    else:
+        m = DNCM(knots=0, hist_bins=16, pretrained=False).to(device).eval()
+    def peak_reset():
+        if device == "cuda":
+            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); return torch.cuda.memory_allocated()
+        open("/proc/self/clear_refs", "w").write("5")
+        return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:"))
+    def peak():
+        if device == "cuda":
+            torch.cuda.synchronize(); return torch.cuda.max_memory_allocated()
+        return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    def sync():
+        if device == "cuda": torch.cuda.synchronize()
+    x = torch.rand(1, 3, h, w, device=device)
+    with torch.inference_mode():
+        d, r = m.encode(x[..., :300, :300]); m.stylize(m.normalize(x[..., :64, :64], d), r)  # warm-up
+        enc, app = [], []
+        base = peak_reset()
+        for _ in range(repeats):
+            sync(); t = time.perf_counter(); d, r = m.encode(x); sync(); enc.append(time.perf_counter() - t)
+            t = time.perf_counter(); y = m.stylize(m.normalize(x, d), r); sync(); app.append(time.perf_counter() - t)
+            del y
+        mem = peak() - base
+    print(json.dumps({{"encoder_s": min(enc), "apply_s": min(app), "peak_bytes": mem, "image_bytes": x.nelement() * 4}}))
+    """
+)
+
+
+def model_timings(sizes: list[str], devices: list[str], threads: int, repeats: int) -> list[dict]:
+    rows = []
+    for device in devices:
+        for variant in ("curve", "linear"):
+            for name in sizes:
+                h, w = SIZES[name]
+                code = CHILD.format(threads=threads, h=h, w=w, device=device, variant=variant, repeats=repeats)
+                res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
+                if res.returncode != 0:
+                    rows.append({"device": device, "variant": variant, "size": name, "error": res.stderr.strip()[-300:]})
+                    continue
+                rows.append({"device": device, "variant": variant, "size": name, **json.loads(res.stdout.strip().splitlines()[-1])})
+    return rows
+
+
+def make_4k_jpegs(folder: str, n: int) -> list[str]:
+    from PIL import Image
+
+    from chromabeam.models import photos
+
+    train, _ = photos.split()
+    cache = photos.fetch_debian(os.environ.get("CHROMABEAM_PHOTO_CACHE", "/tmp/photo-cache"))
+    paths = []
+    for i in range(n):
+        p = train[i % len(train)]
+        im = Image.fromarray(photos.load(p, cache)).resize((3840, 2160), Image.BICUBIC)
+        path = os.path.join(folder, f"img{i:03d}.jpg")
+        im.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def pillow_floor(paths: list[str]) -> float:
+    """Decode + re-encode every file with Pillow in this process (the job's JPEG settings)."""
+    from chromabeam.transforms.ops.imageio import decode_image, encode_image
+
+    t = time.perf_counter()
+    for p in paths:
+        with open(p, "rb") as fh:
+            encode_image(decode_image(fh.read()), "jpg", 95)
+    return time.perf_counter() - t
+
+
+def stylize_job(folder: str, out: str, threads: int) -> tuple[float, dict]:
+    cmd = [sys.executable, "-c", textwrap.dedent(f"""
+        import argparse, json, time, torch
+        torch.set_num_threads({threads})
+        from chromabeam.pipelines import stylize
+        p = argparse.ArgumentParser(); p.add_argument("input"); p.add_argument("output"); stylize.add_arguments(p)
+        a = p.parse_args(["{folder}", "{out}", "--style", "warm", "--device", "cpu", "--batch-size", "8"])
+        a.layout, a.image_format, a.quality, a.overwrite = "files", "jpg", 95, True
+        a.shard_size, a.max_error_rate, a.max_pixels = 256, 0.0, 10**9
+        t = time.perf_counter(); rc = stylize.command(a, []); print(json.dumps({{"rc": rc, "s": time.perf_counter() - t}}))
+    """)]
+    t = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - t
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr[-2000:])
+    return wall, json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="fhd,4k,8k")
+    ap.add_argument("--jobs", type=int, default=32, help="4K JPEGs in the job benchmark (0: skip it)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    import torch
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    result = {"threads": args.threads, "model": model_timings(sizes, devices, args.threads, args.repeats)}
+    print(f"(a) DNCM application, torch threads = {args.threads} (best of {args.repeats})\n")
+    print("| device | DNCM | size | encoder s | nDNCM+sDNCM s | total s | peak memory MB | × image |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in result["model"]:
+        if "error" in r:
+            print(f"| {r['device']} | {r['variant']} | {r['size']} | error: {r['error']} |")
+            continue
+        print(f"| {r['device']} | {r['variant']} | {r['size']} | {r['encoder_s']:.3f} | {r['apply_s']:.3f} | "
+              f"{r['encoder_s'] + r['apply_s']:.3f} | {r['peak_bytes'] / 2**20:.0f} | {r['peak_bytes'] / r['image_bytes']:.2f} |")
+    if args.jobs:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "in")
+            os.makedirs(src)
+            paths = make_4k_jpegs(src, args.jobs)
+            floor = min(pillow_floor(paths) for _ in range(2))
+            wall, inner = stylize_job(src, os.path.join(tmp, "out"), args.threads)
+            outs = glob.glob(os.path.join(tmp, "out", "images", "*.jpg"))
+            assert len(outs) == args.jobs, f"job wrote {len(outs)} of {args.jobs} images"
+        result["job"] = {"images": args.jobs, "pillow_floor_s": floor, "job_s": inner["s"], "process_wall_s": wall,
+                         "ratio": inner["s"] / floor, "ratio_incl_startup": wall / floor}
+        j = result["job"]
+        print(f"\n(b) `chromabeam stylize` on {args.jobs} 4K JPEGs (1 style, JPEG q95 out), CPU, {args.threads} torch thread(s)\n")
+        print("| what | seconds | per image ms | ratio to floor |")
+        print("| --- | --- | --- | --- |")
+        print(f"| Pillow decode + encode floor (1 process) | {floor:.2f} | {1000 * floor / args.jobs:.0f} | 1.00 |")
+        print(f"| stylize job (run_job: Beam pipeline) | {j['job_s']:.2f} | {1000 * j['job_s'] / args.jobs:.0f} | {j['ratio']:.2f} |")
+        print(f"| stylize job incl. Python/torch start-up | {wall:.2f} | {1000 * wall / args.jobs:.0f} | {j['ratio_incl_startup']:.2f} |")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,474 @@
+"""``chromabeam train restorer PAIRS WEIGHTS_OUT``: train the filter-removal Restorer on
+``synth-pairs --mode removal`` output (input = filtered, target = original).
+
+Loss: L1(RGB) + ``w_lab`` · L1(CIELAB)/100 (the colour term: equal steps in Lab are
+roughly equal perceived differences) + ``w_ssim`` · (1 − mean SSIM map).
+
+Crops: a random rectangle covering 40–100 % of each side, resized to ``crop``² — the
+encoder then sees what it sees at inference (a whole image squeezed into its square
+view), not only 1:1 details. Input and target get the same crop and resize, so they stay
+aligned.
+
+Encoder: ``--freeze all`` (default) keeps the ImageNet EfficientNet-Lite0 fixed (eval
+mode, no gradients) and trains the heads, the LUT basis and the guide, with colour
+statistics of the view (``hist_bins``) feeding the heads; ``early`` freezes the stem and
+the first 3 blocks; ``none`` fine-tunes everything. Measured on one CPU core (see
+docs/restorer.md): ``all`` runs a step in about a third of the time of ``none`` and
+learns faster per CPU-minute.
+
+Checkpoints (``--checkpoint-dir``, default ``WEIGHTS_OUT/checkpoint``): ``model.safetensors``,
+``optimizer.safetensors`` (Adam moments, by parameter name) and ``state.json`` (step,
+config, loss history, RNG state). A rerun with the same folder resumes at the saved step.
+Final weights go through ``registry.save_weights`` with a model card listing every
+training photo (from the pairs' keys and models/photos.py) and the loss history.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from chromabeam.models.pairs import Pair, load_pairs
+from chromabeam.models.restorer import Restorer
+from chromabeam.transforms import storage
+from chromabeam.transforms.devices import resolve_device
+from chromabeam.transforms.ops.color import rgb_to_lab
+from chromabeam.transforms.ops.metrics import ssim_map
+
+__all__ = [
+    "TrainConfig",
+    "restorer_loss",
+    "sample_batch",
+    "train",
+    "save_checkpoint",
+    "load_checkpoint",
+    "training_sources",
+    "add_train_arguments",
+    "train_command",
+]
+
+log = logging.getLogger("chromabeam.train.restorer")
+
+FREEZE = ("none", "early", "all")
+_EARLY_BLOCKS = 3  # stem + blocks 0..2 (stride-4 features)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Training settings (all JSON-able; stored in the checkpoint and the model card)."""
+
+    steps: int = 2000
+    batch: int = 8
+    crop: int = 256
+    lr: float = 2e-3
+    lr_min_ratio: float = 0.05  # cosine decay to lr * this
+    weight_decay: float = 0.0
+    w_lab: float = 1.0
+    w_ssim: float = 0.5
+    freeze: str = "all"
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 25
+    checkpoint_every: int = 100
+    max_side: int = 768  # pairs are decoded at most this large
+    model: dict = dataclasses.field(default_factory=lambda: {"hist_bins": 16})
+    pretrained: bool = True
+
+    def __post_init__(self):
+        if self.steps < 0 or self.batch < 1 or self.crop < 16 or self.lr <= 0:
+            raise ValueError(f"TrainConfig: need steps >= 0, batch >= 1, crop >= 16, lr > 0; got {self}")
+        if self.freeze not in FREEZE:
+            raise ValueError(f"TrainConfig: freeze must be one of {FREEZE}, got {self.freeze!r}")
+        if self.log_every < 1 or self.checkpoint_every < 1:
+            raise ValueError("TrainConfig: log_every and checkpoint_every must be >= 1")
+
+
+def restorer_loss(pred: torch.Tensor, target: torch.Tensor, w_lab: float = 1.0, w_ssim: float = 0.5) -> tuple[torch.Tensor, dict]:
+    """``(B, 3, H, W)`` × 2 (H, W ≥ 11) → (scalar loss, {term: float}).
+
+    L1 in RGB + ``w_lab`` · L1 in CIELAB / 100 + ``w_ssim`` · (1 − mean SSIM map)."""
+    if pred.shape != target.shape or pred.ndim != 4 or pred.shape[1] != 3:
+        raise ValueError(f"restorer_loss: pred and target must be equal (B, 3, H, W), got {tuple(pred.shape)}, {tuple(target.shape)}")
+    l1 = (pred - target).abs().mean()
+    # Lab of values slightly outside [0, 1] is still defined; clamp keeps the cube root's
+    # gradient finite at 0.
+    lab = (rgb_to_lab(pred.clamp(0.0, 1.0)) - rgb_to_lab(target)).abs().mean() / 100.0
+    ss = 1.0 - ssim_map(pred, target).mean()
+    total = l1 + w_lab * lab + w_ssim * ss
+    terms = {"loss": total, "l1": l1, "lab": lab, "ssim": ss}
+    return total, {k: float(v.detach()) for k, v in terms.items()}
+
+
+def _resize(a: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(a).resize((size, size), Image.BILINEAR, reducing_gap=None))
+
+
+def sample_batch(pairs: list[Pair], batch: int, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` aligned crops (input, target), each a random rectangle covering 40–100 %
+    of the image's sides resized to ``size``², random horizontal flip → two float tensors
+    ``(batch, 3, size, size)`` in [0, 1]."""
+    if not pairs:
+        raise ValueError("sample_batch: no pairs")
+    xs, ys = [], []
+    for _ in range(batch):
+        p = pairs[int(rng.integers(len(pairs)))]
+        h, w = p.input.shape[:2]
+        ch = max(1, int(round(h * rng.uniform(0.4, 1.0))))
+        cw = max(1, int(round(w * rng.uniform(0.4, 1.0))))
+        top, left = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+        a = _resize(p.input[top:top + ch, left:left + cw], size)
+        b = _resize(p.target[top:top + ch, left:left + cw], size)
+        if rng.random() < 0.5:
+            a, b = a[:, ::-1], b[:, ::-1]
+        xs.append(np.ascontiguousarray(a))
+        ys.append(np.ascontiguousarray(b))
+    to = lambda arrs: torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255)  # noqa: E731
+    return to(xs), to(ys)
+
+
+class FeatureCache:
+    """For a frozen encoder: every pair's view (input and target, ``view_size``², as
+    ``Restorer.view`` makes it at inference) and the encoder features of the input view,
+    computed once. A step then costs the heads, the apply and the loss only."""
+
+    def __init__(self, pairs: list[Pair], model: Restorer, device: torch.device, batch: int = 16):
+        if not pairs:
+            raise ValueError("FeatureCache: no pairs")
+        views_in, views_tgt, f16s, pooled = [], [], [], []
+        with torch.no_grad():
+            for i in range(0, len(pairs), batch):
+                chunk = pairs[i:i + batch]
+                vi = torch.stack([model.view(_float(p.input)) [0] for p in chunk]).to(device)
+                vt = torch.stack([model.view(_float(p.target))[0] for p in chunk])
+                f16, pool = model.encode(vi)
+                views_in.append(_u8(vi.cpu()))
+                views_tgt.append(_u8(vt))
+                f16s.append(f16.half().cpu())
+                pooled.append(pool.cpu())
+        self.views_in, self.views_tgt = torch.cat(views_in), torch.cat(views_tgt)
+        self.f16, self.pooled = torch.cat(f16s), torch.cat(pooled)
+
+    def __len__(self) -> int:
+        return len(self.pooled)
+
+    def sample(self, batch: int, crop: int, rng: np.random.Generator, device: torch.device):
+        """→ (view, f16, pooled, input crop, target crop, window) for ``batch`` random pairs;
+        the crops share one random ``crop``² window of the views."""
+        idx = torch.from_numpy(rng.integers(len(self), size=batch))
+        s = self.views_in.shape[-1]
+        c = min(crop, s)
+        top, left = int(rng.integers(s - c + 1)), int(rng.integers(s - c + 1))
+        view = self.views_in[idx].to(device).float().div_(255)
+        tgt = self.views_tgt[idx, :, top:top + c, left:left + c].to(device).float().div_(255)
+        return (view, self.f16[idx].to(device).float(), self.pooled[idx].to(device),
+                view[:, :, top:top + c, left:left + c], tgt, (top, left, s, s))
+
+
+def _float(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).unsqueeze(0).float().div_(255)
+
+
+def _u8(x: torch.Tensor) -> torch.Tensor:
+    return x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _apply_freeze(model: Restorer, freeze: str) -> None:
+    enc = model.encoder
+    if freeze == "all":
+        frozen = [enc]
+    elif freeze == "early":
+        frozen = [enc._conv_stem, enc._bn0, *enc._blocks[:_EARLY_BLOCKS]]
+    else:
+        frozen = []
+    for m in frozen:
+        m.requires_grad_(False)
+    model._frozen_modules = frozen
+
+
+def _set_train_mode(model: Restorer) -> None:
+    """Train mode, but frozen parts keep their ImageNet BatchNorm statistics."""
+    model.train()
+    for m in getattr(model, "_frozen_modules", []):
+        m.eval()
+
+
+def _lr(cfg: TrainConfig, step: int) -> float:
+    warm = min(1.0, (step + 1) / max(1, min(50, cfg.steps // 10)))
+    t = min(1.0, step / max(1, cfg.steps))
+    return cfg.lr * warm * (cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _optimizer(model: Restorer, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+# ------------------------------------------------------------------ checkpoints
+
+def save_checkpoint(ckpt_dir: str, model: Restorer, opt: torch.optim.Optimizer, state: dict) -> None:
+    """Write model/optimizer tensors as safetensors and ``state`` as JSON (state last, so
+    a checkpoint is complete once its state.json names the step)."""
+    from safetensors.torch import save as st_save
+
+    storage.makedirs(ckpt_dir)
+    names = {id(p): n for n, p in model.named_parameters()}
+    opt_tensors, opt_meta = {}, {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for k, v in opt.state.get(p, {}).items():
+                if torch.is_tensor(v):
+                    opt_tensors[f"{names[id(p)]}::{k}"] = v.detach().cpu().contiguous()
+                else:
+                    opt_meta[f"{names[id(p)]}::{k}"] = v
+    model_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    storage.put_atomic(storage.join(ckpt_dir, "model.safetensors"), st_save(model_state))
+    storage.put_atomic(storage.join(ckpt_dir, "optimizer.safetensors"),
+                       st_save(opt_tensors, metadata={"scalars": json.dumps(opt_meta)}))
+    storage.put_atomic(storage.join(ckpt_dir, "state.json"), (json.dumps(state, indent=1) + "\n").encode())
+
+
+def load_checkpoint(ckpt_dir: str, model: Restorer, opt: torch.optim.Optimizer) -> dict | None:
+    """Restore a checkpoint written by ``save_checkpoint`` into ``model``/``opt``; returns
+    its state dict, or None when ``ckpt_dir`` holds no complete checkpoint."""
+    from safetensors.torch import load as st_load
+
+    state_url = storage.join(ckpt_dir, "state.json")
+    if not storage.exists(state_url):
+        return None
+    state = json.loads(storage.read_bytes(state_url))
+    model.load_state_dict(st_load(storage.read_bytes(storage.join(ckpt_dir, "model.safetensors"))), strict=True)
+    raw = storage.read_bytes(storage.join(ckpt_dir, "optimizer.safetensors"))
+    tensors = st_load(raw)
+    n = int.from_bytes(raw[:8], "little")
+    scalars = json.loads(json.loads(raw[8:8 + n]).get("__metadata__", {}).get("scalars", "{}"))
+    params = dict(model.named_parameters())
+    dev = next(model.parameters()).device
+    for key, v in list(tensors.items()) + list(scalars.items()):
+        name, k = key.split("::", 1)
+        if name in params:
+            opt.state[params[name]][k] = v.to(dev) if torch.is_tensor(v) else v
+    return state
+
+
+# ------------------------------------------------------------------ training
+
+def _model_config(cfg: TrainConfig) -> dict:
+    return {k: v for k, v in cfg.model.items()}
+
+
+def train(
+    pairs: list[Pair],
+    cfg: TrainConfig,
+    checkpoint_dir: str | None = None,
+    *,
+    on_log: Callable[[dict], None] | None = None,
+    init: Restorer | None = None,
+) -> tuple[Restorer, dict]:
+    """Train a Restorer on ``pairs`` for ``cfg.steps`` steps (resuming from
+    ``checkpoint_dir`` when it holds a checkpoint; else starting from ``init``'s weights
+    when given — fine-tuning — or from ``cfg.model`` with the ImageNet encoder). Returns
+    (model in eval mode, state) — state: ``step``, ``history`` (logged loss terms),
+    ``seconds``, ``cpu_seconds``."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if init is not None:
+        kwargs = {k: v for k, v in init.config.items() if k != "model"}
+        model = Restorer(**kwargs, pretrained=False).to(device)
+        model.load_state_dict(init.state_dict())
+        model.chunk_pixels = init.chunk_pixels
+    else:
+        model = Restorer(pretrained=cfg.pretrained, **_model_config(cfg)).to(device)
+    _apply_freeze(model, cfg.freeze)
+    opt = _optimizer(model, cfg)
+    rng = np.random.default_rng(cfg.seed)
+    state = {"step": 0, "history": [], "seconds": 0.0, "config": dataclasses.asdict(cfg)}
+    if checkpoint_dir:
+        saved = load_checkpoint(checkpoint_dir, model, opt)
+        if saved is not None:
+            state.update(saved)
+            state["config"] = dataclasses.asdict(cfg)
+            rng.bit_generator.state = saved["rng"]
+            log.info("resumed from %s at step %d", storage.redact(checkpoint_dir), state["step"])
+    _set_train_mode(model)
+    cache = None
+    if cfg.freeze == "all" and state["step"] < cfg.steps:
+        t = time.time()
+        cache = FeatureCache(pairs, model, device)
+        log.info("encoded %d views in %.0f s (frozen encoder)", len(cache), time.time() - t)
+    running: dict[str, float] = {}
+    t0, seconds0 = time.time(), state["seconds"]
+    c0, cpu0 = time.process_time(), state.get("cpu_seconds", 0.0)
+
+    def checkpoint():
+        if checkpoint_dir:
+            state["rng"] = rng.bit_generator.state
+            state["seconds"] = seconds0 + time.time() - t0
+            state["cpu_seconds"] = cpu0 + time.process_time() - c0
+            save_checkpoint(checkpoint_dir, model, opt, state)
+
+    while state["step"] < cfg.steps:
+        step = state["step"]
+        for g in opt.param_groups:
+            g["lr"] = _lr(cfg, step)
+        if cache is not None:
+            view, f16, pooled, x, y, window = cache.sample(cfg.batch, cfg.crop, rng, device)
+            pred = model.apply(x, *model.heads(view, f16, pooled), window=window)
+        else:
+            x, y = sample_batch(pairs, cfg.batch, cfg.crop, rng)
+            x, y = x.to(device), y.to(device)
+            pred = model(x)
+        loss, terms = restorer_loss(pred, y, cfg.w_lab, cfg.w_ssim)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        state["step"] = step + 1
+        for k, v in terms.items():
+            running[k] = running.get(k, 0.0) + v
+        running["n"] = running.get("n", 0) + 1
+        entry = None
+        if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
+            n = running.pop("n")
+            entry = {"step": state["step"], "lr": round(_lr(cfg, step), 6),
+                     "elapsed_s": round(seconds0 + time.time() - t0, 1),
+                     "cpu_s": round(cpu0 + time.process_time() - c0, 1),
+                     **{k: round(v / n, 5) for k, v in running.items()}}
+            state["history"].append(entry)
+            running = {}
+        if state["step"] % cfg.checkpoint_every == 0:
+            checkpoint()
+        if entry is not None:  # after the checkpoint: a callback that stops training loses nothing
+            log.info("step %(step)d loss %(loss).4f l1 %(l1).4f lab %(lab).4f ssim %(ssim).4f", entry)
+            if on_log:
+                on_log(entry)
+    checkpoint()
+    state["seconds"] = seconds0 + time.time() - t0
+    return model.eval(), state
+
+
+def training_sources(pairs: list[Pair]) -> list[str]:
+    """One line per distinct training image: its key and, when it is a photo of
+    models/photos.py's catalogue (exported by ``photos.export``), where it came from."""
+    from chromabeam.models import photos
+
+    known = {p.name.replace("/", "--").rsplit(".", 1)[0].replace(".", "_"): p for p in photos.catalog()}
+    evals = {p.name for p in photos.split()[1]}
+    lines = []
+    for key in sorted({p.key for p in pairs}):
+        ph = known.get(key)
+        if ph is None:
+            lines.append(f"{key} (not in the chromabeam photo catalogue)")
+        else:
+            if ph.name in evals:
+                raise ValueError(f"training pairs include the EVAL photo {ph.name}: eval photos must never be trained on")
+            lines.append(f"{ph.name} — {ph.source} {ph.path}")
+    return lines
+
+
+def _family_counts(pairs: list[Pair]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in pairs:
+        spec = json.loads(p.transform or "{}").get("input") or {"family": "unknown"}
+        name = spec["family"] if spec["family"] != "filter" else f"filter:{spec['id']}"
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+# ------------------------------------------------------------------ CLI
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``chromabeam train restorer`` (PAIRS and WEIGHTS_OUT are already there)."""
+    d = TrainConfig()
+    g = parser.add_argument_group("restorer training")
+    g.add_argument("--steps", type=int, default=d.steps)
+    g.add_argument("--batch", type=int, default=d.batch)
+    g.add_argument("--crop", type=int, default=d.crop, help="training crop side (px)")
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--freeze", choices=FREEZE, default=d.freeze, help="encoder parts kept fixed")
+    g.add_argument("--hist-bins", type=int, default=d.model["hist_bins"], help="colour-statistics bins (0: off)")
+    g.add_argument("--model-config", type=json.loads, default={}, metavar="JSON",
+                   help='other Restorer arguments, e.g. \'{"lut_basis": 16}\'')
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--device", default=d.device, help="auto | cpu | cuda[:N]")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    g.add_argument("--checkpoint-dir", default=None, help="default: WEIGHTS_OUT/checkpoint")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    g.add_argument("--log-every", type=int, default=d.log_every)
+    g.add_argument("--max-side", type=int, default=d.max_side, help="decode pairs at most this large")
+    g.add_argument("--card", default=None, help="JSON file merged into the model card (e.g. benchmark results)")
+
+
+def _checkpoint_step(ckpt_dir: str) -> int:
+    url = storage.join(ckpt_dir, "state.json")
+    return int(json.loads(storage.read_bytes(url))["step"]) if storage.exists(url) else 0
+
+
+def _manifest_pairs(output: str) -> list[Pair]:
+    """The ok pairs of a synth-pairs OUTPUT as keys and transforms only (no pixels)."""
+    from chromabeam.pipelines.job import read_manifest
+
+    table = read_manifest(output)
+    if table is None:
+        raise ValueError(f"{storage.redact(output)} has no manifest: pass a synth-pairs OUTPUT")
+    empty = np.zeros((0, 0, 3), np.uint8)
+    return [Pair(r["key"], r["pair_index"], empty, empty, r["transform"])
+            for r in table.select(["key", "pair_index", "transform", "status"]).to_pylist() if r["status"] == "ok"]
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """Run ``chromabeam train restorer``; prints the saved weights' URL; returns 0.
+    Rerun with a checkpoint at ``--steps`` (or beyond), it only (re)writes the weights and
+    card — e.g. with ``--card`` benchmark results — without decoding the pairs."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = TrainConfig(
+        steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, freeze=args.freeze,
+        seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every, max_side=args.max_side,
+        model={**args.model_config, "hist_bins": args.hist_bins},
+    )
+    ckpt = args.checkpoint_dir or storage.join(args.weights_out, "checkpoint")
+    if _checkpoint_step(ckpt) >= cfg.steps:
+        pairs = _manifest_pairs(args.pairs)  # nothing left to train: the card needs keys only
+    else:
+        pairs = load_pairs(args.pairs, max_side=cfg.max_side)
+    sources = training_sources(pairs)
+    model, state = train(pairs, cfg, ckpt)
+    extra = json.loads(storage.read_bytes(args.card)) if args.card else {}
+    card = {
+        "task": "blind Instagram-filter / colour-grade removal",
+        "steps": state["step"],
+        "training_data": sources,
+        "training_pairs": {"url": storage.redact(args.pairs), "count": len(pairs), "families": _family_counts(pairs)},
+        "training": {**dataclasses.asdict(cfg), "seconds": round(state["seconds"], 1),
+                     "final_losses": state["history"][-1] if state["history"] else None},
+        "loss_history": state["history"],
+        **extra,
+    }
+    from chromabeam.models.registry import save_weights
+
+    url = save_weights(model.cpu(), model.config, args.weights_out, card)
+    print(url)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chromabeam train restorer")
+    parser.add_argument("pairs")
+    parser.add_argument("weights_out")
+    add_train_arguments(parser)
+    return train_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""chromabeam.models.train_restorer — the loss against independent implementations
+(scikit-image SSIM, colour-science Lab), the identity-pair property of a tiny trained
+model, checkpoint resume (same result as an uninterrupted run), the CLI's weights + card,
+and the CUDA-requested-but-absent error."""
+import json
+
+import colour
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from chromabeam.models.pairs import Pair
+from chromabeam.models.registry import build_model
+from chromabeam.models.restorer import Restorer
+from chromabeam.models.train_restorer import (
+    TrainConfig,
+    add_train_arguments,
+    restorer_loss,
+    sample_batch,
+    train,
+    train_command,
+)
+from chromabeam.transforms.devices import DeviceError
+
+torch.set_num_threads(1)
+
+TINY = {"lut_size": 5, "lut_basis": 4, "grid_size": 4, "grid_bins": 3, "view_size": 64, "width": 16, "hist_bins": 8}
+
+
+def _photo(name: str, h: int, w: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((w, h), Image.BILINEAR))
+
+
+def _tint(a: np.ndarray) -> np.ndarray:
+    """A strong global look: warm cast and lifted blacks (what a blind model must undo)."""
+    f = a.astype(np.float64) / 255
+    out = 0.08 + 0.9 * f ** 0.8 * np.array([1.0, 0.85, 0.65])
+    return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 255
+
+
+def test_loss_terms_match_skimage_and_colour_science():
+    rng = np.random.default_rng(0)
+    y = rng.random((2, 3, 40, 48)).astype(np.float32)
+    p = np.clip(y + rng.normal(0, 0.05, y.shape), 0, 1).astype(np.float32)
+    total, terms = restorer_loss(torch.from_numpy(p), torch.from_numpy(y), w_lab=0.7, w_ssim=0.3)
+    l1 = np.abs(p - y).mean()
+    # colour-science Lab (D65, channels last) of both images
+    lab = lambda a: colour.XYZ_to_Lab(colour.sRGB_to_XYZ(a.transpose(0, 2, 3, 1).astype(np.float64)))  # noqa: E731
+    lab_l1 = np.abs(lab(p) - lab(y)).mean() / 100
+    # the mean of skimage's full SSIM image (its scalar SSIM leaves out a 5-px border)
+    ssim = np.mean([
+        structural_similarity(p[i].transpose(1, 2, 0), y[i].transpose(1, 2, 0), channel_axis=2, data_range=1.0,
+                              gaussian_weights=True, sigma=1.5, use_sample_covariance=False, full=True)[1].mean()
+        for i in range(2)
+    ])
+    assert terms["l1"] == pytest.approx(l1, rel=1e-5)
+    assert terms["lab"] == pytest.approx(lab_l1, rel=1e-3)
+    assert terms["ssim"] == pytest.approx(1 - ssim, rel=1e-3)
+    assert float(total) == pytest.approx(l1 + 0.7 * lab_l1 + 0.3 * (1 - ssim), rel=1e-3)
+    zero, _ = restorer_loss(torch.from_numpy(y), torch.from_numpy(y))
+    assert float(zero) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sample_batch_crops_are_aligned():
+    a = _photo("astronaut", 90, 120)
+    pairs = [Pair("k", 0, a, a.copy(), "{}")]
+    x, y = sample_batch(pairs, 4, 32, np.random.default_rng(1))
+    assert x.shape == y.shape == (4, 3, 32, 32)
+    assert torch.equal(x, y)  # the same crop, resize and flip on both sides
+    assert x.std() > 0.05  # real image content, not a constant
+
+
+def _perturbed_tiny(seed: int = 3) -> Restorer:
+    """A tiny restorer whose heads are no longer zero: it changes clean images."""
+    torch.manual_seed(seed)
+    m = Restorer(pretrained=False, **TINY)
+    with torch.no_grad():
+        for last in (m.lut_weights, m.grid_head):
+            last.weight.normal_(std=0.1)
+            last.bias.normal_(std=0.1)
+    return m.eval()
+
+
+def _psnr(clean: np.ndarray, out: torch.Tensor) -> float:
+    """scikit-image's PSNR (the independent measure) of a model output vs a uint8 image."""
+    return peak_signal_noise_ratio(clean.astype(np.float64) / 255, out[0].permute(1, 2, 0).double().numpy(), data_range=1)
+
+
+def test_training_on_identity_pairs_brings_clean_images_back_unchanged():
+    start = _perturbed_tiny()
+    clean = _photo("astronaut", 80, 112)  # not a training photo
+    with torch.inference_mode():
+        before = _psnr(clean, start(_t(clean)))
+    assert before < 30, before  # the starting model really alters clean images
+    pairs = [Pair(f"id{i}", 0, a, a, "{}") for i, a in
+             enumerate(_photo(n, 72, 96) for n in ("chelsea", "coffee", "rocket"))]
+    cfg = TrainConfig(steps=60, batch=4, crop=48, lr=1e-2, freeze="all", device="cpu", pretrained=False,
+                      model=TINY, log_every=20, checkpoint_every=1000)
+    model, state = train(pairs, cfg, init=start)
+    assert state["step"] == 60 and [e["step"] for e in state["history"]] == [20, 40, 60]
+    assert state["history"][-1]["loss"] < state["history"][0]["loss"]
+    with torch.inference_mode():
+        after = _psnr(clean, model(_t(clean)))
+    assert after >= 38, (before, after)
+
+
+def _pairs_small():
+    a, b = _photo("chelsea", 64, 80), _photo("coffee", 64, 80)
+    return [Pair("a", 0, _tint(a), a, "{}"), Pair("b", 0, b, b, "{}")]
+
+
+@pytest.mark.parametrize("freeze", ["all", "none"])
+def test_resume_continues_the_step_count_and_matches_an_uninterrupted_run(tmp_path, freeze):
+    pairs = _pairs_small()
+    cfg = TrainConfig(steps=8, batch=2, crop=48, lr=5e-3, freeze=freeze, device="cpu", pretrained=False,
+                      model=TINY, log_every=2, checkpoint_every=3)
+    straight, s_state = train(pairs, cfg, str(tmp_path / "a"))
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_6(entry):
+        if entry["step"] >= 6:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(pairs, cfg, str(tmp_path / "b"), on_log=stop_after_6)
+    saved = json.loads((tmp_path / "b" / "state.json").read_text())
+    assert saved["step"] == 6  # the checkpoint of step 6 (every 3 steps)
+    resumed, r_state = train(pairs, cfg, str(tmp_path / "b"))
+    assert r_state["step"] == 8
+    assert [e["step"] for e in r_state["history"]] == [2, 4, 6, 8]
+    for (n, p), (_, q) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=n)
+    assert r_state["history"][-1]["loss"] == pytest.approx(s_state["history"][-1]["loss"], rel=1e-5)
+
+
+def test_train_command_saves_weights_with_card(tmp_path, monkeypatch):
+    import argparse
+
+    import chromabeam.models.train_restorer as tr
+
+    pairs = _pairs_small()
+    monkeypatch.setattr(tr, "load_pairs", lambda url, max_side: pairs)  # the pair reader has its own tests
+    parser = argparse.ArgumentParser()
+    parser.add_argument("pairs")
+    parser.add_argument("weights_out")
+    add_train_arguments(parser)
+    args = parser.parse_args([
+        "pairs-url", str(tmp_path / "w"), "--steps", "3", "--batch", "2", "--crop", "32", "--threads", "1",
+        "--model-config", json.dumps({k: v for k, v in TINY.items() if k != "hist_bins"}), "--hist-bins", "8",
+    ])
+    monkeypatch.setattr(tr.TrainConfig, "pretrained", False)  # no ImageNet weights needed for 3 steps
+    assert train_command(args) == 0
+    (card_path,) = (tmp_path / "w").glob("restorer-*.json")
+    card = json.loads(card_path.read_text())
+    assert card["steps"] == 3 and len(card["loss_history"]) == 1
+    assert card["training_data"] == ["a (not in the chromabeam photo catalogue)", "b (not in the chromabeam photo catalogue)"]
+    model = build_model(str(tmp_path / "w" / card["weights"]), expected_sha256=card["sha256"])
+    assert model.config["hist_bins"] == 8 and model.config["view_size"] == 64
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the error raised where CUDA is absent")
+def test_cuda_requested_but_absent_is_an_error():
+    with pytest.raises(DeviceError, match="cuda"):
+        train(_pairs_small(), TrainConfig(steps=1, device="cuda", pretrained=False, model=TINY))

@@ -1,0 +1,105 @@
+"""Beam ``ModelHandler`` for the filter-removal Restorer (``chromabeam restore``).
+
+Examples are ``RestoreInput``s (decoded uint8 pixels + key); predictions are
+``PredictionResult``s whose ``inference`` is the restored uint8 ``(H, W, 3)`` array at the
+image's own resolution, in the batch's order.
+
+Batching: the Restorer's encoder always sees a fixed ``view_size``² view, so the views of
+a whole batch go through the encoder as one tensor whatever the images' sizes, and only
+the per-pixel apply runs image by image — no size buckets are needed; each image's float
+copy is freed as soon as it is mapped. Which is faster on CPU, a batch of views or one
+image per call, is measured by benchmarks/restore_speed.py (docs/restorer.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from chromabeam.transforms.devices import resolve_device
+
+__all__ = ["RestoreInput", "RestoreModelHandler", "restore_pixels"]
+
+
+@dataclasses.dataclass
+class RestoreInput:
+    """One image to restore: ``pixels`` uint8 ``(H, W, 3)``; ``reference`` (same shape)
+    when metrics are wanted; the URIs are carried through to the manifest row."""
+
+    key: str
+    source_uri: str
+    pixels: np.ndarray
+    reference_uri: str | None = None
+    reference: np.ndarray | None = None
+
+
+def restore_pixels(model: torch.nn.Module, images: Sequence[np.ndarray], device: torch.device) -> list[np.ndarray]:
+    """Restore uint8 ``(H, W, 3)`` images of any (mixed) sizes with one encoder call for
+    all their views; each image is mapped at its own resolution. Returns uint8 arrays."""
+    if not images:
+        return []
+    for im in images:
+        if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+            raise ValueError(f"restore_pixels: expected uint8 (H, W, 3) arrays, got {getattr(im, 'shape', type(im))}")
+    out = []
+    with torch.inference_mode():
+        xs = [torch.from_numpy(im if im.flags.writeable and im.flags.c_contiguous else im.copy()).to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255)
+              for im in images]
+        views = torch.cat([model.view(x) for x in xs])
+        luts, grids = model.heads(views, *model.encode(views))
+        for i, x in enumerate(xs):
+            y = model.apply(x, luts[i:i + 1], grids[i:i + 1])
+            del x
+            out.append(y[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+            xs[i] = None
+    return out
+
+
+class RestoreModelHandler(ModelHandler[RestoreInput, PredictionResult, torch.nn.Module]):
+    """Loads the Restorer from the weight registry once per worker (sha256-checked) on
+    an explicit device; ``run_inference`` → ``PredictionResult(example, restored uint8
+    (H, W, 3))`` per input, in order."""
+
+    def __init__(
+        self,
+        *,
+        weights_url: str,
+        expected_sha256: str | None = None,
+        device: str = "auto",
+        max_batch_size: int = 1,
+    ):
+        if max_batch_size < 1:
+            raise ValueError(f"RestoreModelHandler: max_batch_size must be >= 1, got {max_batch_size}")
+        super().__init__(min_batch_size=1, max_batch_size=max_batch_size)
+        self._weights_url = weights_url
+        self._expected_sha256 = expected_sha256
+        self._device = device
+        self.max_batch_size = max_batch_size
+
+    def load_model(self) -> torch.nn.Module:
+        from chromabeam.models.registry import build_model
+
+        device = resolve_device(self._device)  # CUDA asked for but absent: DeviceError
+        model = build_model(self._weights_url, device, expected_sha256=self._expected_sha256)
+        if model.weights_config.get("model") != "restorer":
+            raise ValueError(f"{self._weights_url} holds a {model.weights_config.get('model')!r} model, not a restorer")
+        return model
+
+    def run_inference(
+        self, batch: Sequence[RestoreInput], model: torch.nn.Module, inference_args: Optional[dict[str, Any]] = None
+    ) -> Iterable[PredictionResult]:
+        device = next(model.parameters()).device
+        restored = restore_pixels(model, [e.pixels for e in batch], device)
+        name = getattr(model, "weights_card", {}).get("name")
+        return [PredictionResult(e, r, name) for e, r in zip(batch, restored)]
+
+    def get_num_bytes(self, batch: Sequence[RestoreInput]) -> int:
+        # The default pickles the whole batch just to count it.
+        return sum(int(e.pixels.nbytes) for e in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "chromabeam_restore"
+

@@ -1,0 +1,235 @@
+"""RunInference model handlers for DNCM stylization (Neural Preset's two stages).
+
+- ``StyleHandler``: a batch of ``StyleSource`` (an encoded reference image, or a saved
+  preset's r) → one ``StyleEntry`` per style: r and the folded stylization map
+  ``M_s = P_s·r·Q_s`` (all a content image needs to take this style). Reference images go
+  through the encoder once, batched; presets skip it.
+- ``ContentHandler``: a batch of ``DecodedImage`` → the colour-normalised content
+  ``Z = nDNCM(x, d)`` at full resolution, one encoder pass for the whole batch.
+
+Both load the weights once per worker through the registry (sha256-checked), on the
+device ``resolve_device`` gives (CUDA asked for where none exists is a DeviceError), and
+count every image the encoder actually sees (a hook on the encoder) in the Beam counters
+``dncm_encoder_styles`` / ``dncm_encoder_contents``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import importlib.resources
+import json
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+import apache_beam as beam
+import numpy as np
+import torch
+import torch.nn.functional as F
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from PIL import Image
+
+from chromabeam.schemas.records import DecodedImage
+from chromabeam.transforms import storage
+from chromabeam.transforms.devices import resolve_device
+from chromabeam.transforms.ops.imageio import decode_image, to_float
+from chromabeam.transforms.ops.style import fold_curves
+
+__all__ = [
+    "StyleSource", "StyleEntry", "StyleHandler", "ContentHandler", "default_weights", "weights_sha256",
+    "encoder_view", "PRESET_FORMAT",
+]
+
+PRESET_FORMAT = "chromabeam-dncm-preset"
+_VIEW_PREREDUCE = 2  # Pillow box-reduces big images to >= 2x the encoder view before the resize
+
+
+def default_weights() -> str:
+    """The shipped DNCM weights (``chromabeam/data/weights/dncm-*.safetensors``)."""
+    folder = str(importlib.resources.files("chromabeam") / "data" / "weights")
+    found = sorted(glob.glob(os.path.join(folder, "dncm-*.safetensors")))
+    if not found:
+        raise FileNotFoundError(f"no shipped DNCM weights in {folder}; pass --weights")
+    return found[-1]
+
+
+def weights_sha256(url: str) -> str | None:
+    """The full sha256 named by the weights' ``.json`` sidecar card, if there is one."""
+    side = url[: -len(".safetensors")] + ".json" if url.endswith(".safetensors") else None
+    if side and storage.exists(side):
+        return json.loads(storage.read_bytes(side)).get("sha256")
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleSource:
+    """A style to compute once: ``data`` (encoded reference image bytes) or ``r`` (a
+    preset's k×k matrix as nested lists, with the sha256 of the weights that made it)."""
+
+    key: str
+    uri: str
+    data: bytes | None = None
+    r: tuple | None = None
+    weights_sha256: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "image" if self.data is not None else "preset"
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleEntry:
+    """A computed style: ``r`` (k, k) and the folded stylization map ``M`` (3K, 3)."""
+
+    key: str
+    uri: str
+    kind: str
+    r: np.ndarray
+    M: np.ndarray
+
+
+def encoder_view(pixels: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (H, W, 3) → float (3, size, size): Pillow box-reduces large images by an
+    integer factor (keeping >= 2·size pixels a side; cheap on 4K/8K), then torch's
+    antialiased bilinear resize, as in ``DNCM.encoder_view``."""
+    h, w = pixels.shape[:2]
+    factor = min(h, w) // (_VIEW_PREREDUCE * size)
+    if factor >= 2:
+        pixels = np.asarray(Image.fromarray(pixels).reduce(factor))
+    x = to_float(pixels).unsqueeze(0)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x[0]
+
+
+class _DNCMHandler(ModelHandler):
+    """Shared loading, batching and counting; keyword-only, picklable config."""
+
+    _counter_name = ""
+
+    def __init__(self, *, weights: str, expected_sha256: str | None = None, device: str = "auto",
+                 batch_size: int = 8):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self._weights = weights
+        self._sha = expected_sha256
+        self._device = device
+        self._batch_size = int(batch_size)
+        super().__init__()
+
+    def load_model(self):
+        from chromabeam.models.registry import build_model
+
+        device = resolve_device(self._device)  # DeviceError before anything is read
+        model = build_model(self._weights, device, self._sha)
+        model.encoded_images = 0
+
+        def count(module, args):
+            model.encoded_images += int(args[0].shape[0])
+
+        # the stem convolution runs exactly once per image the encoder sees
+        model.encoder._conv_stem.register_forward_pre_hook(count)
+        return model
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": self._batch_size}
+
+    def get_metrics_namespace(self) -> str:
+        return "chromabeam"
+
+    def _encode(self, model, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = next(model.parameters()).device
+        before = model.encoded_images
+        d, r = model.encode(torch.stack(views).to(dev))
+        beam.metrics.Metrics.counter("chromabeam", self._counter_name).inc(model.encoded_images - before)
+        return d, r
+
+
+class StyleHandler(_DNCMHandler):
+    """``StyleSource`` batch → ``StyleEntry`` per style (see the module docstring)."""
+
+    _counter_name = "dncm_encoder_styles"
+
+    def run_inference(self, batch: Sequence[StyleSource], model, inference_args=None) -> Iterable[PredictionResult]:
+        dev = next(model.parameters()).device
+        images = [s for s in batch if s.data is not None]
+        r_of: dict[int, torch.Tensor] = {}
+        with torch.inference_mode():
+            if images:
+                views = [encoder_view(decode_image(s.data), model.encoder_size) for s in images]
+                _, r = self._encode(model, views)
+                r_of.update({id(s): r[i] for i, s in enumerate(images)})
+            out = []
+            for s in batch:
+                if s.data is None:
+                    check_preset_weights(s, model.weights_sha256)
+                    r_s = torch.tensor(s.r, dtype=torch.float32, device=dev)
+                    if r_s.shape != (model.k, model.k):
+                        raise ValueError(f"style {s.key!r}: preset r is {tuple(r_s.shape)}, the model needs k={model.k}")
+                else:
+                    r_s = r_of[id(s)]
+                M = fold_curves(model.P_s, r_s, model.Q_s)[0] if model.knots else \
+                    (model.P_s @ r_s @ model.Q_s)
+                entry = StyleEntry(s.key, s.uri, s.kind, r_s.float().cpu().numpy(), M.float().cpu().numpy())
+                out.append(PredictionResult(s, entry, model_id=model.weights_sha256))
+        return out
+
+
+class ContentHandler(_DNCMHandler):
+    """``DecodedImage`` batch → ``Z`` (3, H, W) float32 per image (colour-normalised)."""
+
+    _counter_name = "dncm_encoder_contents"
+
+    def run_inference(self, batch: Sequence[DecodedImage], model, inference_args=None) -> Iterable[PredictionResult]:
+        dev = next(model.parameters()).device
+        with torch.inference_mode():
+            d, _ = self._encode(model, [encoder_view(im.pixels, model.encoder_size) for im in batch])
+            out = []
+            for i, im in enumerate(batch):
+                Z = model.normalize(to_float(im.pixels).unsqueeze(0).to(dev), d[i:i + 1])[0]
+                out.append(PredictionResult(im, Z, model_id=model.weights_sha256))
+        return out
+
+
+def check_preset_weights(source: StyleSource, sha256: str) -> None:
+    """A preset's r only means something with the weights that made it."""
+    if source.weights_sha256 and source.weights_sha256 != sha256:
+        raise ValueError(
+            f"preset {source.key!r} ({storage.redact(source.uri)}) was made with DNCM weights "
+            f"{source.weights_sha256[:12]}…, these are {sha256[:12]}…; re-create it with "
+            "`chromabeam preset create REF OUT.json --weights URL`")
+
+
+def read_preset(url: str) -> dict:
+    """Load and validate a preset JSON (see ``pipelines.preset``)."""
+    try:
+        doc = json.loads(storage.read_bytes(url))
+    except ValueError as exc:
+        raise ValueError(f"{storage.redact(url)} is not a preset (not JSON: {exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != PRESET_FORMAT:
+        raise ValueError(f"{storage.redact(url)} is not a chromabeam DNCM preset (format != {PRESET_FORMAT!r})")
+    r = np.asarray(doc.get("r"), dtype=np.float64)
+    k = doc.get("k")
+    if r.ndim != 2 or r.shape != (k, k) or not np.isfinite(r).all():
+        raise ValueError(f"{storage.redact(url)}: preset r must be a finite {k}x{k} matrix")
+    return doc
+
+
+def style_source(ref: str) -> StyleSource:
+    """A ``--style`` reference → StyleSource: a ``.json`` preset, an image URL, or the
+    name of a shipped preset (``warm``, ``teal-orange``, …). Keys are file stems."""
+    from chromabeam.pipelines.preset import shipped_preset
+
+    url = ref
+    if not storage.exists(ref):
+        shipped = shipped_preset(ref)
+        if shipped is None:
+            raise ValueError(f"style {ref!r}: no such file, and not a shipped preset name")
+        url = shipped
+    key = storage.basename(url).rsplit(".", 1)[0]
+    if url.lower().endswith(".json"):
+        doc = read_preset(url)
+        r = tuple(tuple(float(v) for v in row) for row in doc["r"])
+        return StyleSource(doc.get("name") or key, url, r=r, weights_sha256=doc.get("weights_sha256"))
+    data = storage.read_bytes(url)
+    decode_image(data)  # fail before the job starts, with the decoder's reason
+    return StyleSource(key, url, data=data)
