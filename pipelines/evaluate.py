@@ -19,7 +19,7 @@ from chromabeam.transforms.read import ReadImages
 TASK = "evaluate"
 
 
-def _one(records: list, side: str, key: str):
+def single_record(records: list, side: str, key: str):
     """The single record of one side, or a reason why there is not exactly one."""
     if not records:
         return None, f"no {side} image with key {key!r}"
@@ -41,8 +41,8 @@ class EvaluateFn(beam.DoFn):
 
     def process(self, unit):
         key, sides = unit
-        pred, why = _one(list(sides["pred"]), "prediction", key)
-        target, why_t = _one(list(sides["target"]), "reference", key)
+        pred, why = single_record(list(sides["pred"]), "prediction", key)
+        target, why_t = single_record(list(sides["target"]), "reference", key)
         source = pred.source_uri if pred else None
         reference = target.source_uri if target else None
         if why or why_t:

@@ -26,6 +26,7 @@ import torch
 from apache_beam.ml.inference.base import RunInference
 
 from chromabeam.pipelines.job import JobConfig, JobError, exit_status, run_job
+from chromabeam.pipelines.evaluate import single_record
 from chromabeam.schemas.manifest import ManifestRow, to_json
 from chromabeam.schemas.records import OutputImage, ReadError, TaskResult
 from chromabeam.transforms import storage
@@ -64,15 +65,6 @@ def default_weights(model: str = "restorer") -> tuple[str, str]:
     return path, card["sha256"]
 
 
-def _one(records: list, side: str, key: str):
-    if not records:
-        return None, f"no {side} image with key {key!r}"
-    if len(records) > 1:
-        sources = ", ".join(sorted(r.source_uri for r in records)[:3])
-        return None, f"{len(records)} {side} images share key {key!r} ({sources})"
-    return records[0], None
-
-
 class PrepareFn(beam.DoFn):
     """(key, record) or (key, {'input': [...], 'reference': [...]}) → RestoreInput, or a
     TaskResult error row on the ``errors`` output."""
@@ -87,8 +79,8 @@ class PrepareFn(beam.DoFn):
         key, payload = unit
         ref_record = None
         if self._with_reference:
-            record, why = _one(list(payload["input"]), "input", key)
-            ref_record, why_r = _one(list(payload["reference"]), "reference", key)
+            record, why = single_record(list(payload["input"]), "input", key)
+            ref_record, why_r = single_record(list(payload["reference"]), "reference", key)
             if why or why_r:
                 row = ManifestRow.error_row(
                     key, TASK, why or why_r, source_uri=record.source_uri if record else None,
