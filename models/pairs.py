@@ -89,9 +89,19 @@ def random_crops(pairs: list[Pair], batch: int, size: int, rng: np.random.Genera
             h, w = nh, nw
         top, left = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
         a, b = a[top:top + size, left:left + size], b[top:top + size, left:left + size]
+        xs.append(a)
+        ys.append(b)
+    return flip_and_stack(xs, ys, rng)
+
+
+def flip_and_stack(xs: list[np.ndarray], ys: list[np.ndarray], rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aligned uint8 crops (H, W, 3) → the same random horizontal flip for each pair, then
+    two float tensors (B, 3, H, W) in [0, 1]."""
+    out_x, out_y = [], []
+    for a, b in zip(xs, ys):
         if rng.random() < 0.5:
             a, b = a[:, ::-1], b[:, ::-1]
-        xs.append(np.ascontiguousarray(a))
-        ys.append(np.ascontiguousarray(b))
+        out_x.append(np.ascontiguousarray(a))
+        out_y.append(np.ascontiguousarray(b))
     to = lambda arrs: torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255)  # noqa: E731
-    return to(xs), to(ys)
+    return to(out_x), to(out_y)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from chromabeam.models.pairs import Pair, load_pairs
+from chromabeam.models.pairs import Pair, flip_and_stack, load_pairs
 from chromabeam.models.restorer import Restorer
 from chromabeam.transforms import storage
 from chromabeam.transforms.devices import resolve_device
@@ -125,14 +125,9 @@ def sample_batch(pairs: list[Pair], batch: int, size: int, rng: np.random.Genera
         ch = max(1, int(round(h * rng.uniform(0.4, 1.0))))
         cw = max(1, int(round(w * rng.uniform(0.4, 1.0))))
         top, left = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
-        a = _resize(p.input[top:top + ch, left:left + cw], size)
-        b = _resize(p.target[top:top + ch, left:left + cw], size)
-        if rng.random() < 0.5:
-            a, b = a[:, ::-1], b[:, ::-1]
-        xs.append(np.ascontiguousarray(a))
-        ys.append(np.ascontiguousarray(b))
-    to = lambda arrs: torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255)  # noqa: E731
-    return to(xs), to(ys)
+        xs.append(_resize(p.input[top:top + ch, left:left + cw], size))
+        ys.append(_resize(p.target[top:top + ch, left:left + cw], size))
+    return flip_and_stack(xs, ys, rng)
 
 
 class FeatureCache:
