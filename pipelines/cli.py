@@ -8,7 +8,6 @@ import difflib
 import json
 import logging
 import sys
-import textwrap
 
 from chromabeam.transforms import storage
 from chromabeam.transforms.ops.imageio import DEFAULT_MAX_PIXELS

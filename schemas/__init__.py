@@ -1,5 +1,7 @@
 """Manifest schemas and record types. See ARCHITECTURE.md."""
-from chromabeam.schemas.manifest import (  # noqa: F401
+__all__ = ["SCHEMA_VERSION", "STATUS_ERROR", "STATUS_OK", "ManifestRow", "manifest_schema"]
+
+from chromabeam.schemas.manifest import (
     SCHEMA_VERSION,
     STATUS_ERROR,
     STATUS_OK,

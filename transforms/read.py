@@ -8,7 +8,6 @@ naming the record or shard and the reason; other records are never dropped.
 """
 from __future__ import annotations
 
-import posixpath
 import re
 import tarfile
 from typing import Iterator

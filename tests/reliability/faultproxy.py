@@ -24,7 +24,6 @@ import random
 import socket
 import struct
 import threading
-import time
 import urllib.parse
 
 FAULTS = ("500", "503", "drop")

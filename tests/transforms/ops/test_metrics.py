@@ -27,7 +27,7 @@ with warnings.catch_warnings():  # colour warns that matplotlib is absent
     warnings.simplefilter("ignore")
     import colour
 
-from chromabeam.transforms.ops import color, metrics
+from chromabeam.transforms.ops import metrics
 
 TOL = {torch.float32: 1e-4, torch.float64: 1e-9}
 MAP_TOL = {torch.float32: 5e-4, torch.float64: 1e-9}
