@@ -232,5 +232,8 @@ def demo(output: str, beam_args: list[str]) -> dict:
     weights, sha = resolve_weights(None)
     styles = tuple(style_source(url) for url in shipped_presets())
     options = StylizeOptions(styles=styles, weights=weights, weights_sha256=sha, device="cpu")
-    config = JobConfig(output=output, task=TASK, overwrite=True, params={"demo": True, "styles": [s.key for s in styles]})
-    return run(photos_url(), config, options, beam_args)
+    config = JobConfig(output=storage.join(output, "stylized"), task=TASK, overwrite=True,
+                       params={"demo": True, "styles": [s.key for s in styles]})
+    summary = run(photos_url(), config, options, beam_args)
+    summary["output_name"] = "stylized"
+    return summary
