@@ -14,3 +14,17 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "objectstore: needs the loopback GCS emulator or moto S3 server (tests/servers.py)"
     )
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one thread is as fast and leaves the other core to other work."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -27,13 +27,7 @@ from chromabeam.transforms.restore_handler import restore_pixels
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is as fast and leaves the other cores to other tests."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = {"lut_size": 5, "lut_basis": 2, "grid_size": 4, "grid_bins": 3, "view_size": 64, "width": 8, "hist_bins": 4}
 

@@ -3,10 +3,6 @@ across worker counts, webdataset read-back, crash-resume byte identity, object s
 import io
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import colour
 import numpy as np
@@ -16,6 +12,7 @@ import webdataset as wds
 from PIL import Image
 
 import corpus
+from crash import kill_at_first_part
 from chromabeam.pipelines import demo
 from chromabeam.pipelines.cli import main
 
@@ -141,16 +138,8 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(tmp_path):
     assert main(["synth-pairs", str(photos), str(clean), *args]) == 0
 
     crashed = tmp_path / "crashed"
-    cmd = [sys.executable, "-m", "chromabeam", "synth-pairs", str(photos), str(crashed), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    kill_at_first_part(["synth-pairs", str(photos), str(crashed), *args], crashed)
     manifest = crashed / "manifest"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if manifest.exists() and any(n.startswith("part-") for n in os.listdir(manifest)):
-            break
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
     published = sorted(n for n in os.listdir(manifest) if n.startswith("part-"))
     # Usually 1–3 of 8 parts; on a very slow machine the kill may land later, which is
     # still a crash before _SUCCESS that the re-run must complete without redoing parts.

@@ -5,9 +5,6 @@ with one line; a SIGKILLed job never leaves a manifest row naming a missing obje
 import io
 import json
 import os
-import signal
-import subprocess
-import sys
 import tarfile
 import time
 
@@ -16,6 +13,7 @@ import pytest
 from PIL import Image
 
 import corpus
+from crash import kill_at_first_part
 from chromabeam.pipelines.cli import main
 from chromabeam.transforms import storage
 from faultproxy import FaultProxy
@@ -135,16 +133,8 @@ def test_sigkill_never_leaves_a_manifest_row_naming_a_missing_object(tmp_path):
     for i in range(18):
         Image.fromarray(corpus.photo(128, 96, seed=i)).save(photos / f"img{i}.png")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "chromabeam", "synth-pairs", str(photos), str(out), *ARGS]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    kill_at_first_part(["synth-pairs", str(photos), str(out), *ARGS], out)
     manifest = out / "manifest"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if manifest.exists() and any(n.startswith("part-") for n in os.listdir(manifest)):
-            break
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
     assert not (out / "_SUCCESS").exists()
     parts = sorted(n for n in os.listdir(manifest) if n.startswith("part-") and n.endswith(".parquet"))
     assert parts
