@@ -32,8 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from chromabeam.models.efficientnet_lite import efficientnet_lite0
+from chromabeam.transforms.ops.colour_stats import colour_statistics
 from chromabeam.transforms.ops.dncm import dncm_apply
-from chromabeam.transforms.ops.style import curve_basis, curve_dncm_apply, identity_curve_embedding
+from chromabeam.transforms.ops.style import curve_dncm_apply, identity_curve_embedding
 
 __all__ = ["DNCM", "colour_statistics"]
 
@@ -50,21 +51,6 @@ def _check_images(x: torch.Tensor, fname: str) -> None:
 def _orthonormal_rows(rows: int, cols: int) -> torch.Tensor:
     q, _ = torch.linalg.qr(torch.randn(cols, rows))
     return q.T.contiguous()  # (rows, cols) with orthonormal rows
-
-
-def colour_statistics(view: torch.Tensor, bins: int) -> torch.Tensor:
-    """Soft colour histograms of ``view`` ``(B, 3, H, W)`` in [0, 1] → ``(B, 3·bins + 64)``:
-    per-channel histograms with ``bins`` linear-interpolation bins, then the 4×4×4 joint
-    histogram; each scaled by its bin count so a flat histogram reads 1."""
-    x = view.clamp(0, 1)
-    step = max(1, min(x.shape[-2:]) // 64)  # a strided 64² sample of pixels is plenty for a histogram
-    x = x[..., ::step, ::step]
-    b = x.shape[0]
-    per = curve_basis(x, bins).mean(dim=(2, 3)) * bins  # (B, 3·bins)
-    j = curve_basis(x, _JOINT_BINS).view(b, 3, _JOINT_BINS, -1)  # (B, 3, 4, HW)
-    joint = torch.einsum("bip,bjp,bkp->bijk", j[:, 0], j[:, 1], j[:, 2]).reshape(b, -1)
-    joint = joint / j.shape[-1] * _JOINT_BINS ** 3
-    return torch.cat([per, joint], dim=1)
 
 
 class DNCM(nn.Module):
