@@ -18,9 +18,18 @@ part), then the LUT (undo the global curve). Both are applied in row chunks, so 
 is the input, the output and ~1 Mpx of temporaries at any size; the cost per pixel is a
 trilinear read of 12 coefficients and of 3 LUT channels.
 
-Encoder: the ImageNet-pretrained EfficientNet-Lite0 (stride-16 features for the grid,
-pooled head features for the global path) — reused rather than a lighter net: at 256²
-it is a fixed few tens of ms on one CPU core, independent of the image size.
+Encoder (``encoder=``):
+
+- ``"stats"`` (the shipped default): no CNN. The global path sees the view's colour
+  distribution (``transforms.ops.colour_stats.global_colour_features``: histograms,
+  per-channel quantiles, each luminance band's tint, channel moments), the local path
+  each grid cell's mean colour, its offset from the image mean and its luminance spread.
+  A look *is* a change of these statistics; measured on held-out photos (docs/restorer.md)
+  this generalises where ImageNet features memorise the few training photos, and a step
+  costs a fraction of a CNN pass, so a CPU can train on hundreds of thousands of
+  freshly filtered crops.
+- ``"efficientnet"``: the ImageNet-pretrained EfficientNet-Lite0 (stride-16 features for
+  the grid, pooled head features plus optional soft histograms for the global path).
 
 Initialisation: the last layer of both heads is zero, so the untrained model is the
 identity mapping (to float rounding): identity pairs come back unchanged and training
@@ -33,6 +42,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from chromabeam.models.efficientnet_lite import PYRAMID_CHANNELS, efficientnet_lite0
+from chromabeam.transforms.ops.colour_stats import (
+    CELL_FEATURES,
+    cell_colour_features,
+    global_colour_features,
+    global_feature_count,
+)
 from chromabeam.transforms.ops.dncm import (
     DEFAULT_CHUNK_PIXELS,
     affine_identity_grid,
@@ -45,6 +60,8 @@ from chromabeam.transforms.ops.dncm import (
 __all__ = ["Restorer", "soft_histogram"]
 
 _LUMA_709 = (0.2126, 0.7152, 0.0722)
+ENCODERS = ("efficientnet", "stats")
+_STATS_HIDDEN = 256
 
 
 def soft_histogram(x: torch.Tensor, bins: int) -> torch.Tensor:
@@ -58,9 +75,11 @@ def soft_histogram(x: torch.Tensor, bins: int) -> torch.Tensor:
 
 class Restorer(nn.Module):
     """``Restorer(lut_size=17, lut_basis=8, grid_size=16, grid_bins=8, view_size=256,
-    width=64, hist_bins=0, pretrained=True)``. ``hist_bins > 0`` adds colour statistics
-    of the view to the heads (per-channel soft histograms for the global path, each grid
-    cell's mean colour for the local path).
+    width=64, hist_bins=0, encoder="efficientnet", pretrained=True)``. With the
+    EfficientNet encoder, ``hist_bins > 0`` adds colour statistics of the view to the
+    heads (per-channel soft histograms for the global path, each grid cell's mean colour
+    for the local path); with ``encoder="stats"`` the heads see colour statistics only
+    (``hist_bins`` bins, 16 when 0).
 
     - ``forward(x) -> restored``: ``(B, 3, H, W)`` in [0, 1] → ``(B, 3, H, W)``; clamped
       to [0, 1] in eval mode only (training losses keep their gradients);
@@ -77,6 +96,7 @@ class Restorer(nn.Module):
         view_size: int = 256,
         width: int = 64,
         hist_bins: int = 0,
+        encoder: str = "efficientnet",
         pretrained: bool = True,
     ):
         super().__init__()
@@ -87,25 +107,38 @@ class Restorer(nn.Module):
                 f"view_size >= 32, width >= 1, hist_bins 0 or >= 2; got {lut_size}, {lut_basis}, {grid_size}, "
                 f"{grid_bins}, {view_size}, {width}, {hist_bins}"
             )
+        if encoder not in ENCODERS:
+            raise ValueError(f"Restorer: encoder must be one of {ENCODERS}, got {encoder!r}")
+        self.encoder_kind = encoder
         self.lut_size, self.lut_basis_count = int(lut_size), int(lut_basis)
         self.grid_size, self.grid_bins = int(grid_size), int(grid_bins)
         self.view_size, self.width = int(view_size), int(width)
         self.hist_bins = int(hist_bins)
         self.chunk_pixels = DEFAULT_CHUNK_PIXELS
 
-        self.encoder = efficientnet_lite0(pretrained, include_top=False).train()
-        c16, c32 = PYRAMID_CHANNELS[2], PYRAMID_CHANNELS[3]
-        # Global path → LUT mixing weights (and context for the local path).
-        # Optional colour statistics of the view (per-channel soft histograms): ImageNet
-        # features are trained to ignore colour casts, the histograms are not.
-        self.global_fc = nn.Sequential(nn.Linear(c32 + 3 * self.hist_bins, width), nn.ReLU())
+        if encoder == "stats":
+            self.encoder = None
+            self.hist_bins = self.hist_bins or 16
+            n_global = global_feature_count(self.hist_bins)
+            self.global_fc = nn.Sequential(
+                nn.Linear(n_global, _STATS_HIDDEN), nn.ReLU(), nn.Linear(_STATS_HIDDEN, width), nn.ReLU()
+            )
+            local_in = CELL_FEATURES
+        else:
+            self.encoder = efficientnet_lite0(pretrained, include_top=False).train()
+            c16, c32 = PYRAMID_CHANNELS[2], PYRAMID_CHANNELS[3]
+            # Global path → LUT mixing weights (and context for the local path).
+            # Optional colour statistics of the view (per-channel soft histograms): ImageNet
+            # features are trained to ignore colour casts, the histograms are not.
+            self.global_fc = nn.Sequential(nn.Linear(c32 + 3 * self.hist_bins, width), nn.ReLU())
+            local_in = c16 + (3 if self.hist_bins else 0)
         self.lut_weights = nn.Linear(width, lut_basis)
         # Small random bases: with zero mixing weights the LUT is still the identity, and the
         # weights get a gradient at once (all-zero bases would never learn).
         self.lut_basis = nn.Parameter(torch.randn(lut_basis, 3, lut_size, lut_size, lut_size) * 1e-2)
         # Local path → bilateral grid of affine deltas (HDRNet's local + global fusion).
         self.local = nn.Sequential(
-            nn.Conv2d(c16 + (3 if self.hist_bins else 0), width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(local_in, width, 3, padding=1), nn.ReLU(),
             nn.Conv2d(width, width, 3, padding=1)
         )
         self.global_to_local = nn.Linear(width, width)
@@ -135,6 +168,7 @@ class Restorer(nn.Module):
             "view_size": self.view_size,
             "width": self.width,
             "hist_bins": self.hist_bins,
+            "encoder": self.encoder_kind,
         }
 
     @staticmethod
@@ -154,13 +188,17 @@ class Restorer(nn.Module):
 
     def encode(self, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder features of a view: stride-16 map ``(B, 112, h, w)`` and the pooled head
-        ``(B, 1280)``. With a frozen encoder a trainer may compute these once per image."""
+        ``(B, 1280)`` (``"stats"``: cell statistics ``(B, 7, G, G)`` and global statistics
+        ``(B, F)``). With a frozen encoder a trainer may compute these once per image."""
+        if self.encoder is None:
+            return cell_colour_features(view, self.grid_size), global_colour_features(view, self.hist_bins)
         _, _, f16, f32 = self.encoder.pyramid(view)
         return f16, f32.mean(dim=(2, 3))
 
     def heads(self, view: torch.Tensor, f16: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """View + encoder features → LUT ``(B, 3, S, S, S)`` and grid ``(B, 12, D, G, G)``."""
-        if self.hist_bins:
+        stats = self.encoder is None
+        if self.hist_bins and not stats:
             pooled = torch.cat([pooled, soft_histogram(view, self.hist_bins)], dim=1)
         g = self.global_fc(pooled)
         w = self.lut_weights(g)  # (B, n_basis)
@@ -169,7 +207,7 @@ class Restorer(nn.Module):
         gs = self.grid_size
         if f16.shape[-2:] != (gs, gs):
             f16 = F.interpolate(f16.to(view.dtype), size=(gs, gs), mode="bilinear", align_corners=False, antialias=True)
-        if self.hist_bins:  # each cell's mean colour: what a vignette or gradient changes
+        if self.hist_bins and not stats:  # each cell's mean colour: what a vignette or gradient changes
             f16 = torch.cat([f16.to(view.dtype), F.adaptive_avg_pool2d(view, gs)], dim=1)
         local = self.local(f16) + self.global_to_local(g)[:, :, None, None]
         delta = self.grid_head(F.relu(local))  # (B, 12*D, G, G)

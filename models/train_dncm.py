@@ -35,7 +35,7 @@ from chromabeam.models.dncm import DNCM
 from chromabeam.transforms import storage
 from chromabeam.transforms.devices import resolve_device
 
-__all__ = ["TrainConfig", "train", "add_train_arguments", "train_command", "dncm_loss", "PhotoViews", "PairViews"]
+__all__ = ["TrainConfig", "train", "build_training_model", "learning_rate", "load_checkpoint_model", "add_train_arguments", "train_command", "dncm_loss", "PhotoViews", "PairViews"]
 
 log = logging.getLogger(__name__)
 PHOTOS_PREFIX = "photos:"
@@ -61,11 +61,18 @@ class TrainConfig:
     max_side: int = 512
     time_limit_s: float | None = None
     pretrained: bool = True
+    encoder: str = "efficientnet"
+    stats_hidden: int = 512
+    stats_layers: int = 2
+    dropout: float = 0.0
+    cross_weight: float = 1.0
+    lr_schedule: str = "constant"
     extra: dict = field(default_factory=dict)
 
 
 def dncm_loss(model: DNCM, I_i: torch.Tensor, I_j: torch.Tensor, lambda_con: float = 10.0,
-              loss_stride: int = 1, S: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+              loss_stride: int = 1, S: torch.Tensor | None = None,
+              cross_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
     """The self-supervised loss for two views ``(B, 3, H, W)`` of the same crops.
     The encoder sees the whole views; the colour maps and the loss use every
     ``loss_stride``-th pixel (the maps are per pixel, so a strided sample of exact pixels is
@@ -76,7 +83,7 @@ def dncm_loss(model: DNCM, I_i: torch.Tensor, I_j: torch.Tensor, lambda_con: flo
     eq. (1) — available here because the looks are synthetic — is added:
     ``|sDNCM(Z_j, r_S) − I_i|₁``, which asks r to carry the look and not the reference's
     content colours (without it, cross-content transfer drifts towards Reinhard-like
-    colour matching; docs/stylize.md)."""
+    colour matching; docs/stylize.md), weighted by ``cross_weight``."""
     views = [I_i, I_j] if S is None else [I_i, I_j, S]
     d, r = model.encode(torch.cat(views))  # one encoder pass for all views
     b = I_i.shape[0]
@@ -89,7 +96,7 @@ def dncm_loss(model: DNCM, I_i: torch.Tensor, I_j: torch.Tensor, lambda_con: flo
     cross = None
     if S is not None:
         cross = F.l1_loss(model.stylize(Z_j, r[2 * b:]), I_i)
-        loss = loss + cross
+        loss = loss + cross_weight * cross
     with torch.no_grad():
         parts = {"loss": float(loss), "rec": float(rec), "con": float(con), "z_std": float(torch.cat([Z_i, Z_j]).std())}
         if cross is not None:
@@ -227,6 +234,44 @@ def _load_checkpoint(ckpt: str, model: DNCM, opt: torch.optim.Optimizer, device)
 
 # --------------------------------------------------------------------------- training
 
+def build_training_model(cfg: TrainConfig) -> DNCM:
+    """The DNCM ``cfg`` describes (also how a checkpoint's model is rebuilt)."""
+    kw = {}
+    if cfg.encoder != "efficientnet":
+        kw = {"encoder": cfg.encoder, "stats_hidden": cfg.stats_hidden, "stats_layers": cfg.stats_layers,
+              "dropout": cfg.dropout}
+    return DNCM(k=cfg.k, encoder_size=cfg.encoder_size, knots=cfg.knots, hist_bins=cfg.hist_bins,
+                pretrained=cfg.pretrained, **kw)
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """``constant``: cfg.lr; ``cosine``: a linear warm-up over the first 2% of the steps,
+    then cfg.lr decayed to 1% of it at cfg.steps (a function of the step only, so a
+    resumed run follows the same schedule)."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule == "cosine":
+        warm = max(1, cfg.steps // 50)
+        if step < warm:
+            return cfg.lr * (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, cfg.steps - warm))
+        return cfg.lr * (0.01 + 0.99 * 0.5 * (1.0 + float(np.cos(np.pi * t))))
+    raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
+
+
+def load_checkpoint_model(ckpt: str) -> DNCM:
+    """The model of a training checkpoint folder (eval mode, CPU), e.g. to benchmark an
+    intermediate step."""
+    from safetensors.torch import load as st_load
+
+    state = json.loads(storage.read_bytes(storage.join(ckpt, "state.json")))
+    known = set(TrainConfig.__dataclass_fields__)
+    cfg = TrainConfig(**{k: v for k, v in state.get("config", {}).items() if k in known})
+    cfg.pretrained = False
+    model = build_training_model(cfg)
+    model.load_state_dict(st_load(storage.read_bytes(storage.join(ckpt, "model.safetensors"))), strict=True)
+    return model.eval()
+
 def train(pairs: str, weights_out: str | None, cfg: TrainConfig, *, device: str = "auto",
           checkpoint_dir: str | None = None, views=None) -> dict:
     """Train (or resume) and, when ``weights_out`` is given and the run reached
@@ -234,7 +279,7 @@ def train(pairs: str, weights_out: str | None, cfg: TrainConfig, *, device: str 
     "device", "seconds"}`` (``weights`` is None when stopped early by the time limit)."""
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
-    model = DNCM(k=cfg.k, encoder_size=cfg.encoder_size, knots=cfg.knots, hist_bins=cfg.hist_bins, pretrained=cfg.pretrained)
+    model = build_training_model(cfg)
     model.freeze_encoder(cfg.freeze_blocks)
     model.to(dev).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -245,13 +290,19 @@ def train(pairs: str, weights_out: str | None, cfg: TrainConfig, *, device: str 
         log.info("resuming from %s at step %d", storage.redact(ckpt), state["step"])
     state["config"] = asdict(cfg)
     views = views or open_views(pairs, cfg)
+    if not state["step"] and cfg.encoder == "stats":  # feature standardisation from training views
+        rng = np.random.default_rng([cfg.seed, 2**31 - 1])
+        sample = torch.cat([torch.cat(views.sample(cfg.batch_size, cfg.crop, rng)) for _ in range(max(1, 256 // cfg.batch_size))])
+        model.encoder.fit_standardisation(model.encoder_view(sample.to(dev)))
     t0, window = time.time(), []
     while state["step"] < cfg.steps:
         step = state["step"]
         rng = np.random.default_rng([cfg.seed, step])  # resumable: the batch depends on the step only
         batch = [t.to(dev) for t in views.sample(cfg.batch_size, cfg.crop, rng)]
         S = batch[2] if len(batch) > 2 else None
-        loss, parts = dncm_loss(model, batch[0], batch[1], cfg.lambda_con, cfg.loss_stride, S)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        loss, parts = dncm_loss(model, batch[0], batch[1], cfg.lambda_con, cfg.loss_stride, S, cfg.cross_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -282,14 +333,22 @@ def save_trained(model: DNCM, weights_out: str, state: dict, sources: list[str],
     from chromabeam.models.registry import save_weights
 
     cfg = state.get("config", {})
+    if cfg.get("encoder", "efficientnet") == "stats":
+        encoder = (f"stats encoder (global_colour_features → MLP {cfg.get('stats_layers')}×{cfg.get('stats_hidden')}, "
+                   f"dropout {cfg.get('dropout')}; no CNN), {cfg.get('encoder_size')} px encoder view")
+    else:
+        encoder = f"encoder stem + first {cfg.get('freeze_blocks')} blocks frozen (ImageNet)"
     card = {
         "steps": state["step"],
         "training_data": sources,
         "training_pairs": pairs if not pairs.startswith(PHOTOS_PREFIX) else
         "generated on the fly (transforms.ops.synth.make_pair, preset mode: filters, procedural grades, light perturbations) from the TRAIN photos",
         "recipe": "Neural Preset self-supervised: L1 reconstruction of each view from the other's Z + "
-                  f"{cfg.get('lambda_con', 10)}·L2 consistency of Z; Adam lr {cfg.get('lr')}, batch {cfg.get('batch_size')} pairs, "
-                  f"{cfg.get('crop')} px crops; encoder stem + first {cfg.get('freeze_blocks')} blocks frozen (ImageNet)",
+                  f"{cfg.get('lambda_con', 10)}·L2 consistency of Z"
+                  + (f" + {cfg.get('cross_weight', 1.0)}·L1 cross-content (the look of view i on another photo)"
+                     if cfg.get("cross_content", True) else "")
+                  + f"; Adam lr {cfg.get('lr')} ({cfg.get('lr_schedule', 'constant')}), batch {cfg.get('batch_size')} pairs, "
+                  f"{cfg.get('crop')} px crops (random scale, flips); {encoder}",
         "final_losses": state["log"][-1] if state["log"] else None,
         "loss_log_every_500": [e for e in state["log"] if e["step"] % 500 == 0],
         "metrics": metrics or {},
@@ -318,6 +377,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-cross-content", dest="cross_content", action="store_false",
                    help="photos: PAIRS only: drop the cross-content term (the look of view i on another photo)")
     g.add_argument("--knots", type=int, default=d.knots, help="curve basis knots (0: the paper's linear DNCM)")
+    g.add_argument("--encoder", choices=("efficientnet", "stats"), default=d.encoder,
+                   help="efficientnet: ImageNet CNN + colour statistics; stats: colour statistics → MLP only")
+    g.add_argument("--encoder-size", type=int, default=None,
+                   help="the encoder's square view (default: 256 for efficientnet, 128 for stats)")
+    g.add_argument("--stats-hidden", type=int, default=d.stats_hidden, help="stats encoder: MLP width")
+    g.add_argument("--stats-layers", type=int, default=d.stats_layers, help="stats encoder: hidden layers")
+    g.add_argument("--dropout", type=float, default=d.dropout, help="stats encoder: dropout between hidden layers")
+    g.add_argument("--cross-weight", type=float, default=d.cross_weight, help="weight of the cross-content term")
+    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--checkpoint-dir", default=None, help="default: WEIGHTS_OUT/checkpoint")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
@@ -331,7 +399,10 @@ def train_command(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
                       lambda_con=args.lambda_con, freeze_blocks=args.freeze_blocks, loss_stride=args.loss_stride,
-                      cross_content=args.cross_content, knots=args.knots,
+                      cross_content=args.cross_content, knots=args.knots, encoder=args.encoder,
+                      encoder_size=args.encoder_size or (128 if args.encoder == "stats" else 256),
+                      stats_hidden=args.stats_hidden, stats_layers=args.stats_layers, dropout=args.dropout,
+                      cross_weight=args.cross_weight, lr_schedule=args.lr_schedule,
                       seed=args.seed, checkpoint_every=args.checkpoint_every, time_limit_s=args.time_limit)
     result = train(args.pairs, args.weights_out, cfg, device=args.device, checkpoint_dir=args.checkpoint_dir)
     if result["weights"]:

@@ -59,6 +59,8 @@ __all__ = [
 log = logging.getLogger("chromabeam.train.restorer")
 
 FREEZE = ("none", "early", "all")
+PHOTOS_PREFIX = "photos:"  # PAIRS = photos:CACHE → pairs made on the fly (PhotoLooks)
+DEFAULT_PHOTO_CACHE = "/tmp/photo-cache"
 _EARLY_BLOCKS = 3  # stem + blocks 0..2 (stride-4 features)
 
 
@@ -80,6 +82,7 @@ class TrainConfig:
     log_every: int = 25
     checkpoint_every: int = 100
     max_side: int = 768  # pairs are decoded at most this large
+    loss_size: int = 0  # > 0: apply and score on a downscale of the crop (see train)
     model: dict = dataclasses.field(default_factory=lambda: {"hist_bins": 16})
     pretrained: bool = True
 
@@ -88,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: need steps >= 0, batch >= 1, crop >= 16, lr > 0; got {self}")
         if self.freeze not in FREEZE:
             raise ValueError(f"TrainConfig: freeze must be one of {FREEZE}, got {self.freeze!r}")
+        if self.loss_size and self.loss_size < 16:
+            raise ValueError(f"TrainConfig: loss_size must be 0 (off) or >= 16, got {self.loss_size}")
         if self.log_every < 1 or self.checkpoint_every < 1:
             raise ValueError("TrainConfig: log_every and checkpoint_every must be >= 1")
 
@@ -168,6 +173,82 @@ class FeatureCache:
                 view[:, :, top:top + c, left:left + c], tgt, (top, left, s, s))
 
 
+class PhotoLooks:
+    """Training pairs made on the fly from the TRAIN photos of ``models.photos``: a random
+    crop (30–100 % of each side, so scale and aspect vary; a quarter of the time a 2×2
+    mosaic of crops of four photos, so colour distributions vary beyond the photos'
+    own), a random flip, then a fresh removal-mode look from the transform library —
+    all 40 filters, procedural grades, light perturbations, identity ``identity_prob`` of
+    the time, half the looks at full strength, the rest blended 40–100 % — and 8-bit
+    rounding of the input, as a saved file would have. Every step sees new pairs, so the
+    model cannot memorise (photo, look) combinations; only the photos repeat.
+
+    ``sample(batch, size, rng) -> (input, target)`` float ``(batch, 3, size, size)``."""
+
+    def __init__(self, images: list[np.ndarray], names: list[str], *, identity_prob: float = 0.12,
+                 mosaic_prob: float = 0.25):
+        from chromabeam.transforms.ops.synth import SynthConfig
+
+        if not images or len(images) != len(names):
+            raise ValueError(f"PhotoLooks: need one name per image and at least one image, got {len(images)} / {len(names)}")
+        self.images, self.names = list(images), list(names)
+        self.config = SynthConfig(mode="removal", perturb="light", grade_prob=0.4, vignette_prob=0.3,
+                                  identity_prob=identity_prob, lut_strength=(0.4, 1.0))
+        self.mosaic_prob = float(mosaic_prob)
+
+    @classmethod
+    def from_photos(cls, cache: str, *, max_side: int = 768, limit: int | None = None, **kwargs) -> "PhotoLooks":
+        """The TRAIN photos of ``models.photos`` (Debian packages unpacked into ``cache``),
+        long side at most ``max_side``."""
+        from chromabeam.models import photos
+
+        photos.fetch_debian(cache)
+        train_photos = photos.split()[0][:limit]
+        looks = cls([photos.load(p, cache, max_side) for p in train_photos],
+                    [f"{p.name} — {p.source} {p.path}" for p in train_photos], **kwargs)
+        return looks
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _crop(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        img = self.images[int(rng.integers(len(self.images)))]
+        h, w = img.shape[:2]
+        ch, cw = (max(1, int(round(n * rng.uniform(0.3, 1.0)))) for n in (h, w))
+        top, left = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+        out = _resize(img[top:top + ch, left:left + cw], size)
+        return out[:, ::-1] if rng.random() < 0.5 else out
+
+    def clean(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """One clean ``(size, size, 3)`` uint8 training image."""
+        if rng.random() >= self.mosaic_prob or size < 32:
+            return self._crop(rng, size)
+        b = size - size // 2
+        q = [self._crop(rng, b) for _ in range(4)]
+        return np.concatenate([np.concatenate(q[:2], axis=1), np.concatenate(q[2:], axis=1)], axis=0)[:size, :size]
+
+    def sample(self, batch: int, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        from chromabeam.transforms.ops.synth import apply_transform, sample_transform
+
+        xs, ys = [], []
+        for _ in range(batch):
+            y = _float(np.ascontiguousarray(self.clean(rng, size)))
+            spec = sample_transform(self.config, rng)
+            if spec["family"] != "identity" and rng.random() < 0.5:
+                spec["strength"] = 1.0
+            x = apply_transform(y, spec).clamp(0, 1).mul(255).round().div(255)
+            xs.append(x)
+            ys.append(y)
+        return torch.cat(xs), torch.cat(ys)
+
+    def sources(self) -> list[str]:
+        return list(self.names)
+
+
+def _downscale(x: torch.Tensor, size: int) -> torch.Tensor:
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="area")
+
+
 def _float(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).unsqueeze(0).float().div_(255)
 
@@ -178,7 +259,9 @@ def _u8(x: torch.Tensor) -> torch.Tensor:
 
 def _apply_freeze(model: Restorer, freeze: str) -> None:
     enc = model.encoder
-    if freeze == "all":
+    if enc is None:  # the statistics encoder has nothing to freeze
+        frozen = []
+    elif freeze == "all":
         frozen = [enc]
     elif freeze == "early":
         frozen = [enc._conv_stem, enc._bn0, *enc._blocks[:_EARLY_BLOCKS]]
@@ -261,14 +344,15 @@ def _model_config(cfg: TrainConfig) -> dict:
 
 
 def train(
-    pairs: list[Pair],
+    pairs: "list[Pair] | PhotoLooks",
     cfg: TrainConfig,
     checkpoint_dir: str | None = None,
     *,
     on_log: Callable[[dict], None] | None = None,
     init: Restorer | None = None,
 ) -> tuple[Restorer, dict]:
-    """Train a Restorer on ``pairs`` for ``cfg.steps`` steps (resuming from
+    """Train a Restorer on ``pairs`` (loaded synth-pairs, or a ``PhotoLooks`` making
+    pairs on the fly) for ``cfg.steps`` steps (resuming from
     ``checkpoint_dir`` when it holds a checkpoint; else starting from ``init``'s weights
     when given — fine-tuning — or from ``cfg.model`` with the ImageNet encoder). Returns
     (model in eval mode, state) — state: ``step``, ``history`` (logged loss terms),
@@ -295,7 +379,8 @@ def train(
             log.info("resumed from %s at step %d", storage.redact(checkpoint_dir), state["step"])
     _set_train_mode(model)
     cache = None
-    if cfg.freeze == "all" and state["step"] < cfg.steps:
+    on_the_fly = isinstance(pairs, PhotoLooks)
+    if cfg.freeze == "all" and model.encoder is not None and not on_the_fly and state["step"] < cfg.steps:
         t = time.time()
         cache = FeatureCache(pairs, model, device)
         log.info("encoded %d views in %.0f s (frozen encoder)", len(cache), time.time() - t)
@@ -318,9 +403,17 @@ def train(
             view, f16, pooled, x, y, window = cache.sample(cfg.batch, cfg.crop, rng, device)
             pred = model.apply(x, *model.heads(view, f16, pooled), window=window)
         else:
-            x, y = sample_batch(pairs, cfg.batch, cfg.crop, rng)
+            x, y = pairs.sample(cfg.batch, cfg.crop, rng) if on_the_fly else sample_batch(pairs, cfg.batch, cfg.crop, rng)
             x, y = x.to(device), y.to(device)
-            pred = model(x)
+            if cfg.loss_size and cfg.loss_size < cfg.crop:
+                # The maps are predicted from the whole crop but applied and scored on a
+                # downscaled copy: LUT and grid are resolution-free, and the apply, the
+                # loss and their backward pass cost (loss_size / crop)² as much.
+                lut, grid = model.predict(x)
+                x, y = _downscale(x, cfg.loss_size), _downscale(y, cfg.loss_size)
+                pred = model.apply(x, lut, grid)
+            else:
+                pred = model(x)
         loss, terms = restorer_loss(pred, y, cfg.w_lab, cfg.w_ssim)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -399,6 +492,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     g.add_argument("--log-every", type=int, default=d.log_every)
     g.add_argument("--max-side", type=int, default=d.max_side, help="decode pairs at most this large")
+    g.add_argument("--loss-size", type=int, default=d.loss_size,
+                   help="apply and score on a downscale of each crop to this side (0: at the crop size)")
     g.add_argument("--card", default=None, help="JSON file merged into the model card (e.g. benchmark results)")
 
 
@@ -429,22 +524,29 @@ def train_command(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, freeze=args.freeze,
         seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every, max_side=args.max_side,
-        model={**args.model_config, "hist_bins": args.hist_bins},
+        log_every=args.log_every, max_side=args.max_side, loss_size=args.loss_size,
+        model={**TrainConfig().model, **args.model_config, "hist_bins": args.hist_bins},
     )
     ckpt = args.checkpoint_dir or storage.join(args.weights_out, "checkpoint")
-    if _checkpoint_step(ckpt) >= cfg.steps:
-        pairs = _manifest_pairs(args.pairs)  # nothing left to train: the card needs keys only
+    if args.pairs.startswith(PHOTOS_PREFIX):
+        pairs = PhotoLooks.from_photos(args.pairs[len(PHOTOS_PREFIX):] or DEFAULT_PHOTO_CACHE, max_side=cfg.max_side)
+        sources = pairs.sources()
+        pair_info = {"url": storage.redact(args.pairs), "made_on_the_fly": True,
+                     "synth_config": dataclasses.asdict(pairs.config), "mosaic_prob": pairs.mosaic_prob}
     else:
-        pairs = load_pairs(args.pairs, max_side=cfg.max_side)
-    sources = training_sources(pairs)
+        if _checkpoint_step(ckpt) >= cfg.steps:
+            pairs = _manifest_pairs(args.pairs)  # nothing left to train: the card needs keys only
+        else:
+            pairs = load_pairs(args.pairs, max_side=cfg.max_side)
+        sources = training_sources(pairs)
+        pair_info = {"url": storage.redact(args.pairs), "count": len(pairs), "families": _family_counts(pairs)}
     model, state = train(pairs, cfg, ckpt)
     extra = json.loads(storage.read_bytes(args.card)) if args.card else {}
     card = {
         "task": "blind Instagram-filter / colour-grade removal",
         "steps": state["step"],
         "training_data": sources,
-        "training_pairs": {"url": storage.redact(args.pairs), "count": len(pairs), "families": _family_counts(pairs)},
+        "training_pairs": pair_info,
         "training": {**dataclasses.asdict(cfg), "seconds": round(state["seconds"], 1),
                      "final_losses": state["history"][-1] if state["history"] else None},
         "loss_history": state["history"],

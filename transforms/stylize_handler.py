@@ -126,8 +126,8 @@ class _DNCMHandler(ModelHandler):
         def count(module, args):
             model.encoded_images += int(args[0].shape[0])
 
-        # the stem convolution runs exactly once per image the encoder sees
-        model.encoder._conv_stem.register_forward_pre_hook(count)
+        # the stem convolution (the stats module) runs exactly once per image the encoder sees
+        model.encoder_entry.register_forward_pre_hook(count)
         return model
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:

@@ -139,12 +139,14 @@ def test_deterministic():
 def test_config_and_input_checks(model):
     assert model.config == {
         "model": "restorer", "lut_size": 17, "lut_basis": 8, "grid_size": 16,
-        "grid_bins": 8, "view_size": 256, "width": 64, "hist_bins": 0,
+        "grid_bins": 8, "view_size": 256, "width": 64, "hist_bins": 0, "encoder": "efficientnet",
     }
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         model(torch.rand(1, 1, 32, 32))
     with pytest.raises(ValueError, match="lut_size"):
         Restorer(lut_size=1, pretrained=False)
+    with pytest.raises(ValueError, match="encoder"):
+        Restorer(encoder="resnet", pretrained=False)
 
 
 def test_soft_histogram_matches_numpy_on_bin_centres():
@@ -187,3 +189,33 @@ def test_apply_window_equals_the_same_crop_of_the_full_image():
         full = m.apply(x, lut, grid)
         crop = m.apply(x[:, :, 7:30, 13:44], lut, grid, window=(7, 13, 40, 56))
     torch.testing.assert_close(crop, full[:, :, 7:30, 13:44], rtol=0, atol=1e-6)
+
+
+def test_stats_encoder_identity_at_init_999x613_and_shapes():
+    torch.manual_seed(12)
+    m = Restorer(encoder="stats", view_size=128, width=32).eval()
+    assert m.encoder is None and m.config["encoder"] == "stats" and m.config["hist_bins"] == 16
+    assert sum(p.numel() for p in m.parameters()) < 300_000  # no CNN: heads, bases and guide only
+    x = photo(613, 999)
+    with torch.inference_mode():
+        lut, grid = m.predict(x)
+        y = m(x)
+    assert lut.shape == (1, 3, 17, 17, 17) and grid.shape == (1, 12, 8, 16, 16)
+    assert y.shape == (1, 3, 613, 999) and psnr(y, x) > 50
+
+
+def test_stats_encoder_learns_to_remove_a_filter():
+    torch.manual_seed(13)
+    m = Restorer(encoder="stats", view_size=64, width=32).train()
+    x = photo(64, 64)
+    inp = filtered(x)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    before = psnr(inp, x)
+    for _ in range(60):
+        loss = (m(inp) - x).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.inference_mode():
+        after = psnr(m.eval()(inp), x)
+    assert after > before + 8, (before, after)

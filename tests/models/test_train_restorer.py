@@ -16,6 +16,7 @@ from chromabeam.models.pairs import Pair
 from chromabeam.models.registry import build_model
 from chromabeam.models.restorer import Restorer
 from chromabeam.models.train_restorer import (
+    PhotoLooks,
     TrainConfig,
     add_train_arguments,
     restorer_loss,
@@ -173,3 +174,43 @@ def test_train_command_saves_weights_with_card(tmp_path, monkeypatch):
 def test_cuda_requested_but_absent_is_an_error():
     with pytest.raises(DeviceError, match="cuda"):
         train(_pairs_small(), TrainConfig(steps=1, device="cuda", pretrained=False, model=TINY))
+
+
+def _looks(**kw) -> PhotoLooks:
+    names = ("chelsea", "coffee", "rocket")
+    return PhotoLooks([_photo(n, 96, 128) for n in names], [f"skimage/{n}" for n in names], **kw)
+
+
+def test_photo_looks_make_aligned_fresh_pairs():
+    looks = _looks(identity_prob=0.0, mosaic_prob=0.0)
+    x, y = looks.sample(6, 48, np.random.default_rng(0))
+    assert x.shape == y.shape == (6, 3, 48, 48) and x.dtype == torch.float32
+    assert torch.equal(x, x.mul(255).round().div(255))  # inputs are 8-bit, like saved files
+    assert (x - y).abs().mean(dim=(1, 2, 3)).min() > 1e-3  # every input has a look applied
+    x2, y2 = looks.sample(6, 48, np.random.default_rng(0))
+    assert torch.equal(x, x2) and torch.equal(y, y2)  # seeded
+    x3, _ = looks.sample(6, 48, np.random.default_rng(1))
+    assert not torch.equal(x, x3)  # a different draw: different crops and looks
+    xi, yi = _looks(identity_prob=1.0).sample(4, 40, np.random.default_rng(2))
+    assert (xi - yi).abs().max() <= 0.5 / 255 + 1e-6  # identity pairs: clean in, clean out
+    assert looks.sources() == ["skimage/chelsea", "skimage/coffee", "skimage/rocket"]
+
+
+def test_photo_looks_mosaic_tiles_four_crops():
+    looks = _looks(identity_prob=1.0, mosaic_prob=1.0)
+    clean = looks.clean(np.random.default_rng(3), 50)
+    assert clean.shape == (50, 50, 3) and clean.dtype == np.uint8
+    with pytest.raises(ValueError, match="one name per image"):
+        PhotoLooks([_photo("chelsea", 32, 32)], [])
+
+
+def test_stats_encoder_trains_on_the_fly_with_a_downscaled_loss():
+    cfg = TrainConfig(steps=30, batch=4, crop=64, loss_size=32, lr=5e-3, freeze="none", device="cpu",
+                      model={"encoder": "stats", "view_size": 64, "width": 16, "lut_size": 9, "grid_size": 4},
+                      log_every=10, checkpoint_every=1000)
+    model, state = train(_looks(identity_prob=0.0), cfg)
+    assert model.config["encoder"] == "stats" and state["step"] == 30
+    first, last = state["history"][0]["loss"], state["history"][-1]["loss"]
+    assert last < first, (first, last)
+    with pytest.raises(ValueError, match="loss_size"):
+        TrainConfig(loss_size=8)

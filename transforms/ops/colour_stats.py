@@ -81,7 +81,7 @@ def global_colour_features(view: torch.Tensor, bins: int = 16) -> torch.Tensor:
     channel means and covariance (upper triangle)."""
     _check(view, "global_colour_features")
     hist = colour_statistics(view, bins)
-    x = _sample(view, 96)
+    x = _sample(view, 64)
     b = x.shape[0]
     flat = x.reshape(b, 3, -1)
     q = torch.tensor(_QUANTILES, dtype=x.dtype, device=x.device)
