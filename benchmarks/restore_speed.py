@@ -4,9 +4,10 @@
 
 CPU: the EVAL photos at ``--size`` long side, filtered (one IFFI filter each) and saved
 as JPEG q95. The floor is decode + encode (Pillow, what every restore job does anyway);
-restore is decode + model + encode, run two ways — one image per model call, and the
-views of a batch of 8 images through the encoder together (the pixels are then mapped
-per image). The ratio is restore throughput / floor throughput (1.0 = as fast as just
+restore is decode + model + encode, for the default 8-bit fast path and the exact float
+path, each run two ways — one image per model call, and the views of a batch of 8 images
+through the encoder together (the pixels are then mapped per image); then how far the
+fast path's output is from the exact path's (PSNR). The ratio is restore throughput / floor throughput (1.0 = as fast as just
 re-encoding). Best of ``--repeats`` runs of the whole set.
 
 CUDA (when available): per-image time of the model at 4K (3840×2160) and 8K (7680×4320),
@@ -57,21 +58,36 @@ def cpu_table(model, files: list[bytes], repeats: int) -> list[tuple[str, float,
         for b in files:
             encode_image(decode_image(b), "jpg", 95)
 
-    def restore(batch: int):
+    def restore(batch: int, exact: bool):
         def go():
             for i in range(0, len(files), batch):
                 imgs = [decode_image(b) for b in files[i:i + batch]]
-                for r in restore_pixels(model, imgs, dev):
+                for r in restore_pixels(model, imgs, dev, exact=exact):
                     encode_image(r, "jpg", 95)
         return go
 
-    restore(1)()  # warm-up (allocator, grid_sample kernels)
+    restore(1, False)()  # warm-up (allocator, grid_sample kernels)
     t_floor = _best(floor, repeats)
     rows = [("JPEG decode+encode (floor)", t_floor, 1.0)]
-    for batch in (1, 8):
-        t = _best(restore(batch), repeats)
-        rows.append((f"restore, batch {batch}", t, t_floor / t))
+    for exact in (False, True):
+        for batch in (1, 8):
+            t = _best(restore(batch, exact), repeats)
+            rows.append((f"restore {'exact float' if exact else '8-bit fast (default)'}, batch {batch}", t, t_floor / t))
     return rows
+
+
+def fast_vs_exact(model, files: list[bytes]) -> float:
+    """Mean PSNR (dB) of the fast path's output against the exact path's."""
+    from chromabeam.transforms.ops.metrics import psnr
+    from chromabeam.transforms.ops.imageio import to_float
+
+    dev = torch.device("cpu")
+    vals = []
+    for b in files:
+        img = decode_image(b)
+        fast, exact = restore_pixels(model, [img], dev)[0], restore_pixels(model, [img], dev, exact=True)[0]
+        vals.append(float(psnr(to_float(fast)[None], to_float(exact)[None])[0]))
+    return float(np.mean(vals))
 
 
 def cuda_times(model, repeats: int) -> list[tuple[str, float]]:
@@ -118,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {label} | {t * 1000:.1f} ms |")
     else:
         print("\nno CUDA here")
+    print(f"\nfast path vs exact path: mean PSNR {fast_vs_exact(model, files):.2f} dB")
     return 0
 
 

@@ -239,6 +239,18 @@ class Restorer(nn.Module):
 
         return map_row_chunks(rows, h, w, self.chunk_pixels)
 
+    def apply_local(self, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """The grid's local affine part alone (what ``apply`` does before the LUT), at
+        ``x``'s resolution: ``(B, 3, H, W)`` → ``(B, 3, H, W)``, not clamped."""
+        self._check(x, "apply_local")
+        h, w = x.shape[-2:]
+
+        def rows(r0: int, r1: int) -> torch.Tensor:
+            xc = x[:, :, r0:r1]
+            return bilateral_grid_apply(xc, grid, self.guide(xc), row_offset=r0, full_height=h, chunk_pixels=None)
+
+        return map_row_chunks(rows, h, w, self.chunk_pixels)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [0, 1] → restored ``(B, 3, H, W)``."""
         y = self.apply(x, *self.predict(x))

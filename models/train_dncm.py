@@ -67,6 +67,11 @@ class TrainConfig:
     dropout: float = 0.0
     cross_weight: float = 1.0
     lr_schedule: str = "constant"
+    # photos: PAIRS only — the synthetic looks (transforms.ops.synth.SynthConfig, preset mode)
+    view_perturb: str = "light"
+    view_identity_prob: float = 0.0
+    view_grade_prob: float = 0.5
+    view_vignette_prob: float = 0.1
     extra: dict = field(default_factory=dict)
 
 
@@ -133,17 +138,21 @@ class PairViews:
 
 class PhotoViews:
     """Two looks of a random crop of a TRAIN photo, made on the fly in preset mode
-    (filters, procedural grades, light perturbations; every draw seeded)."""
+    (filters, procedural grades, perturbations ``perturb``; ``identity_prob``: chance that
+    a look is the unchanged photo; every draw seeded). The looks are rendered on the
+    8-bit crops (``transforms.ops.synth.render``: Pillow's C LUT for pure colour maps)."""
 
     def __init__(self, cache: str, *, max_side: int = 512, seed: int = 0, limit: int | None = None,
-                 cross_content: bool = True):
+                 cross_content: bool = True, perturb: str = "light", identity_prob: float = 0.0,
+                 grade_prob: float = 0.5, vignette_prob: float = 0.1):
         from chromabeam.transforms.ops.synth import SynthConfig
 
         photo_catalog.fetch_debian(cache)
         train, _ = photo_catalog.split()
         self.photos = train[:limit]
         self.images = [photo_catalog.load(p, cache, max_side) for p in self.photos]
-        self.config = SynthConfig(mode="preset", perturb="light", grade_prob=0.5, vignette_prob=0.1)
+        self.config = SynthConfig(mode="preset", perturb=perturb, grade_prob=grade_prob, vignette_prob=vignette_prob,
+                                  identity_prob=identity_prob)
         self.seed = seed
         self.cross_content = cross_content
 
@@ -160,25 +169,22 @@ class PhotoViews:
         return (arr[:, ::-1].copy() if rng.random() < 0.5 else arr), n
 
     def sample(self, batch: int, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        from chromabeam.transforms.ops.synth import make_pair
-
-        from chromabeam.transforms.ops.synth import apply_transform
+        from chromabeam.transforms.ops.synth import pair_spec, render
 
         a, b, styles = [], [], []
         for _ in range(batch):
             arr, n = self._crop(rng, size)
-            x = _to_tensor([arr])
-            ia, ib, spec = make_pair(x, self.config, self.seed, self.photos[n].name, int(rng.integers(2**31)))
-            a.append(ia)
-            b.append(ib)
+            spec = pair_spec(self.config, self.seed, self.photos[n].name, int(rng.integers(2**31)))
+            a.append(render(arr, spec["input"]))
+            b.append(render(arr, spec["target"]))
             if self.cross_content:  # the same look as view i, on a crop of another photo
                 other, m = self._crop(rng, size)
                 while len(self.images) > 1 and m == n:
                     other, m = self._crop(rng, size)
-                styles.append(apply_transform(_to_tensor([other]), spec["input"]))
-        out = [torch.cat(a).clamp(0, 1), torch.cat(b).clamp(0, 1)]
+                styles.append(render(other, spec["input"]))
+        out = [_to_tensor(a), _to_tensor(b)]
         if styles:
-            out.append(torch.cat(styles).clamp(0, 1))
+            out.append(_to_tensor(styles))
         return tuple(out)
 
     def sources(self) -> list[str]:
@@ -188,7 +194,9 @@ class PhotoViews:
 def open_views(pairs: str, cfg: TrainConfig):
     if pairs.startswith(PHOTOS_PREFIX):
         return PhotoViews(pairs[len(PHOTOS_PREFIX):] or "/tmp/photo-cache", max_side=cfg.max_side, seed=cfg.seed,
-                          limit=cfg.extra.get("photo_limit"), cross_content=cfg.cross_content)
+                          limit=cfg.extra.get("photo_limit"), cross_content=cfg.cross_content,
+                          perturb=cfg.view_perturb, identity_prob=cfg.view_identity_prob,
+                          grade_prob=cfg.view_grade_prob, vignette_prob=cfg.view_vignette_prob)
     return PairViews(pairs, max_side=cfg.max_side)
 
 
@@ -342,11 +350,14 @@ def save_trained(model: DNCM, weights_out: str, state: dict, sources: list[str],
         "steps": state["step"],
         "training_data": sources,
         "training_pairs": pairs if not pairs.startswith(PHOTOS_PREFIX) else
-        "generated on the fly (transforms.ops.synth.make_pair, preset mode: filters, procedural grades, light perturbations) from the TRAIN photos",
+        "generated on the fly (transforms.ops.synth preset mode: filters, procedural grades "
+        f"(probability {cfg.get('view_grade_prob', 0.5)}, vignettes {cfg.get('view_vignette_prob', 0.1)}), "
+        f"perturbations {cfg.get('view_perturb', 'light')}, unchanged-photo looks {cfg.get('view_identity_prob', 0.0)}) "
+        "from the TRAIN photos",
         "recipe": "Neural Preset self-supervised: L1 reconstruction of each view from the other's Z + "
                   f"{cfg.get('lambda_con', 10)}·L2 consistency of Z"
                   + (f" + {cfg.get('cross_weight', 1.0)}·L1 cross-content (the look of view i on another photo)"
-                     if cfg.get("cross_content", True) else "")
+                     if cfg.get("cross_content", True) and pairs.startswith(PHOTOS_PREFIX) else "")
                   + f"; Adam lr {cfg.get('lr')} ({cfg.get('lr_schedule', 'constant')}), batch {cfg.get('batch_size')} pairs, "
                   f"{cfg.get('crop')} px crops (random scale, flips); {encoder}",
         "final_losses": state["log"][-1] if state["log"] else None,
@@ -386,6 +397,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dropout", type=float, default=d.dropout, help="stats encoder: dropout between hidden layers")
     g.add_argument("--cross-weight", type=float, default=d.cross_weight, help="weight of the cross-content term")
     g.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule)
+    g.add_argument("--view-perturb", choices=("none", "light", "full"), default=d.view_perturb,
+                   help="photos: PAIRS: perturbations after each look")
+    g.add_argument("--view-identity-prob", type=float, default=d.view_identity_prob,
+                   help="photos: PAIRS: chance that a look is the unchanged photo")
+    g.add_argument("--view-grade-prob", type=float, default=d.view_grade_prob,
+                   help="photos: PAIRS: chance of a procedural grade (else a filter)")
+    g.add_argument("--view-vignette-prob", type=float, default=d.view_vignette_prob,
+                   help="photos: PAIRS: chance that a procedural grade has a vignette")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--checkpoint-dir", default=None, help="default: WEIGHTS_OUT/checkpoint")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
@@ -403,6 +422,8 @@ def train_command(args: argparse.Namespace) -> int:
                       encoder_size=args.encoder_size or (128 if args.encoder == "stats" else 256),
                       stats_hidden=args.stats_hidden, stats_layers=args.stats_layers, dropout=args.dropout,
                       cross_weight=args.cross_weight, lr_schedule=args.lr_schedule,
+                      view_perturb=args.view_perturb, view_identity_prob=args.view_identity_prob,
+                      view_grade_prob=args.view_grade_prob, view_vignette_prob=args.view_vignette_prob,
                       seed=args.seed, checkpoint_every=args.checkpoint_every, time_limit_s=args.time_limit)
     result = train(args.pairs, args.weights_out, cfg, device=args.device, checkpoint_dir=args.checkpoint_dir)
     if result["weights"]:

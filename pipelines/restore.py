@@ -157,7 +157,8 @@ class RestoreTask(beam.PTransform):
 
 def build(input_url: str, *, weights: str, sha256: str | None, model_name: str, device: str = "auto",
           reference: str | None = None, image_format: str = "jpg", quality: int = 95,
-          max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = DEFAULT_BATCH_SIZE, params: dict | None = None):
+          max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = DEFAULT_BATCH_SIZE, params: dict | None = None,
+          exact: bool = False):
     """(read, task) for ``run_job``."""
     reader = ReadImages(input_url)
     ref_reader = ReadImages(reference, label="reference") if reference else None
@@ -169,7 +170,8 @@ def build(input_url: str, *, weights: str, sha256: str | None, model_name: str, 
         refs = p | "ReadReference" >> ref_reader | "KeyReference" >> beam.Map(lambda r: (r.key, r))
         return {"input": inputs, "reference": refs} | "JoinByKey" >> beam.CoGroupByKey()
 
-    handler = RestoreModelHandler(weights_url=weights, expected_sha256=sha256, device=device, max_batch_size=batch_size)
+    handler = RestoreModelHandler(weights_url=weights, expected_sha256=sha256, device=device, max_batch_size=batch_size,
+                                  exact=exact or None)
     finish = FinishFn(model_name=model_name, model_sha256=sha256 or "", image_format=image_format, quality=quality,
                       params=to_json(params or {}), with_reference=ref_reader is not None)
     return read, RestoreTask(handler, finish, max_pixels=max_pixels, with_reference=ref_reader is not None)
@@ -189,18 +191,18 @@ def _weights_identity(weights: str | None) -> tuple[str, str, str]:
 
 def run(input_url: str, config: JobConfig, beam_args: list[str], *, weights: str | None = None, device: str = "auto",
         reference: str | None = None, image_format: str = "jpg", quality: int = 95,
-        max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
+        max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = DEFAULT_BATCH_SIZE, exact: bool = False) -> dict:
     """Run the restore job; returns its summary."""
     resolve_device(device)  # CUDA asked for but absent: DeviceError before anything runs
     if batch_size < 1:
         raise JobError("--batch-size must be at least 1")
     url, sha, name = _weights_identity(weights)
     params = {**config.params, "weights": storage.redact(url), "device": device,
-              "reference": storage.redact(reference) if reference else None, "batch_size": batch_size}
+              "reference": storage.redact(reference) if reference else None, "batch_size": batch_size, "exact": exact}
     config.params = params
     read, task = build(input_url, weights=url, sha256=sha, model_name=name, device=device, reference=reference,
                        image_format=image_format, quality=quality, max_pixels=max_pixels, batch_size=batch_size,
-                       params={"device": device, "batch_size": batch_size})
+                       params={"device": device, "batch_size": batch_size, "exact": exact}, exact=exact)
     extra = {"model": {"name": name, "sha256": sha}}
     if reference:
         _, reason = metrics.lpips_model("cpu")
@@ -221,6 +223,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="clean images with the same keys: PSNR/SSIM/ΔE2000/LPIPS go into the manifest")
     g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help=f"images per model call (default {DEFAULT_BATCH_SIZE}; views are batched, pixels mapped per image)")
+    g.add_argument("--exact", action="store_true",
+                   help="map every pixel in float on the CPU too (default there: the 8-bit fast path, "
+                        "Pillow LUT + low-resolution local correction; see docs/restorer.md)")
 
 
 def command(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -232,7 +237,7 @@ def command(args: argparse.Namespace, beam_args: list[str]) -> int:
     )
     summary = run(args.input, config, beam_args, weights=args.weights, device=args.device, reference=args.reference,
                   image_format=getattr(args, "image_format", "jpg"), quality=getattr(args, "quality", 95),
-                  max_pixels=args.max_pixels, batch_size=args.batch_size)
+                  max_pixels=args.max_pixels, batch_size=args.batch_size, exact=getattr(args, "exact", False))
     c = summary["counts"]
     psnr = (summary.get("metrics") or {}).get("psnr", {}).get("mean")
     extra = f", mean PSNR {psnr:.2f} dB" if psnr is not None else ""

@@ -20,8 +20,9 @@ import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from chromabeam.transforms.devices import resolve_device
+from chromabeam.transforms.ops.pixels8 import add_smooth_residual, lut_uint8, resize_uint8
 
-__all__ = ["RestoreInput", "RestoreModelHandler", "restore_pixels"]
+__all__ = ["RestoreInput", "RestoreModelHandler", "restore_pixels", "restore_pixels_fast"]
 
 
 @dataclasses.dataclass
@@ -36,26 +37,82 @@ class RestoreInput:
     reference: np.ndarray | None = None
 
 
-def restore_pixels(model: torch.nn.Module, images: Sequence[np.ndarray], device: torch.device) -> list[np.ndarray]:
+LOW_SIDE = 128  # the fast path's exact low-resolution pass (long side)
+
+
+def restore_pixels(model: torch.nn.Module, images: Sequence[np.ndarray], device: torch.device,
+                   *, exact: bool | None = None) -> list[np.ndarray]:
     """Restore uint8 ``(H, W, 3)`` images of any (mixed) sizes with one encoder call for
-    all their views; each image is mapped at its own resolution. Returns uint8 arrays."""
+    all their views; each image is mapped at its own resolution. Returns uint8 arrays.
+
+    ``exact`` (default: exact on CUDA, fast on CPU): the fast path (``restore_pixels_fast``)
+    runs the global LUT in Pillow's C code on the uint8 pixels and adds the local grid's
+    correction as a smooth residual computed exactly at ``LOW_SIDE`` px."""
     if not images:
         return []
     for im in images:
         if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
             raise ValueError(f"restore_pixels: expected uint8 (H, W, 3) arrays, got {getattr(im, 'shape', type(im))}")
+    if exact is None:
+        exact = device.type != "cpu"
+    if not exact:
+        return restore_pixels_fast(model, images, device)
     out = []
     with torch.inference_mode():
-        xs = [torch.from_numpy(im if im.flags.writeable and im.flags.c_contiguous else im.copy()).to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255)
-              for im in images]
+        xs = [_float(im, device) for im in images]
         views = torch.cat([model.view(x) for x in xs])
         luts, grids = model.heads(views, *model.encode(views))
         for i, x in enumerate(xs):
             y = model.apply(x, luts[i:i + 1], grids[i:i + 1])
             del x
-            out.append(y[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+            out.append(_to_uint8(y))
             xs[i] = None
     return out
+
+
+def _float(im: np.ndarray, device: torch.device) -> torch.Tensor:
+    a = im if im.flags.writeable and im.flags.c_contiguous else np.array(im)  # torch wants a writable buffer
+    return torch.from_numpy(a).to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255)
+
+
+def restore_pixels_fast(model: torch.nn.Module, images: Sequence[np.ndarray], device: torch.device,
+                        low_side: int = LOW_SIDE) -> list[np.ndarray]:
+    """The 8-bit CPU path of ``restore_pixels``: views resized by Pillow; per image
+    ``LUT(x + up(A(x_low) − x_low))`` — the grid's local affine ``A`` computed exactly at
+    ``low_side`` px and its correction upsampled (vignettes and gradients vary slowly),
+    then the LUT through Pillow's C code on the full-size uint8 pixels. Images no larger
+    than ``low_side`` are mapped exactly. docs/restorer.md measures speed and the
+    difference to the exact path."""
+    s = model.view_size
+    smalls = []
+    for im in images:  # one shrink of each full-size image; the view is made from it
+        h, w = im.shape[:2]
+        scale = max(low_side, s) / max(h, w)
+        smalls.append(im if scale >= 1.0 else resize_uint8(im, (max(1, round(w * scale)), max(1, round(h * scale)))))
+    out = []
+    with torch.inference_mode():
+        views = torch.cat([_float(resize_uint8(sm, (s, s)), device) for sm in smalls])
+        luts, grids = model.heads(views, *model.encode(views))
+        for i, (im, small) in enumerate(zip(images, smalls)):
+            lut, grid = luts[i:i + 1], grids[i:i + 1]
+            h, w = im.shape[:2]
+            if max(h, w) <= low_side:
+                out.append(_to_uint8(model.apply(_float(im, device), lut, grid)))
+                continue
+            table = lut[0].permute(1, 2, 3, 0).cpu().numpy()  # (3, b, g, r) → (b, g, r, 3)
+            if max(small.shape[:2]) > low_side:
+                scale = low_side / max(h, w)
+                small = resize_uint8(small, (max(1, round(w * scale)), max(1, round(h * scale))))
+            xs = _float(small, device)
+            local = (model.apply_local(xs, grid) - xs)[0].permute(1, 2, 0).cpu().numpy()
+            if np.abs(local).max() >= 0.5 / 255:
+                im = add_smooth_residual(im, local)
+            out.append(lut_uint8(im, table))
+    return out
+
+
+def _to_uint8(y: torch.Tensor) -> np.ndarray:
+    return y[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 class RestoreModelHandler(ModelHandler[RestoreInput, PredictionResult, torch.nn.Module]):
@@ -70,6 +127,7 @@ class RestoreModelHandler(ModelHandler[RestoreInput, PredictionResult, torch.nn.
         expected_sha256: str | None = None,
         device: str = "auto",
         max_batch_size: int = 1,
+        exact: bool | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError(f"RestoreModelHandler: max_batch_size must be >= 1, got {max_batch_size}")
@@ -78,6 +136,7 @@ class RestoreModelHandler(ModelHandler[RestoreInput, PredictionResult, torch.nn.
         self._expected_sha256 = expected_sha256
         self._device = device
         self.max_batch_size = max_batch_size
+        self._exact = exact  # None: exact on CUDA, the 8-bit fast path on CPU
 
     def load_model(self) -> torch.nn.Module:
         from chromabeam.models.registry import build_model
@@ -92,7 +151,7 @@ class RestoreModelHandler(ModelHandler[RestoreInput, PredictionResult, torch.nn.
         self, batch: Sequence[RestoreInput], model: torch.nn.Module, inference_args: Optional[dict[str, Any]] = None
     ) -> Iterable[PredictionResult]:
         device = next(model.parameters()).device
-        restored = restore_pixels(model, [e.pixels for e in batch], device)
+        restored = restore_pixels(model, [e.pixels for e in batch], device, exact=self._exact)
         name = getattr(model, "weights_card", {}).get("name")
         return [PredictionResult(e, r, name) for e, r in zip(batch, restored)]
 

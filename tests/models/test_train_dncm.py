@@ -162,3 +162,75 @@ def _small_config(init):
 def test_cuda_requested_without_cuda_is_an_error(tmp_path):
     with pytest.raises(DeviceError, match="no usable CUDA"):
         train("unused", None, TrainConfig(steps=1), device="cuda", views=FixedViews())
+
+
+def test_stats_encoder_trains_resumes_and_saves(tmp_path):
+    """--encoder stats: the feature standardisation is fitted once on training views,
+    saved in the checkpoint, kept on resume, and the weights rebuild the same model."""
+    from chromabeam.models.registry import build_model
+    from chromabeam.models.train_dncm import load_checkpoint_model
+    from chromabeam.transforms.ops.colour_stats import global_colour_features
+
+    cfg = TrainConfig(steps=4, batch_size=2, crop=64, lr=3e-3, k=6, encoder_size=64, knots=4, hist_bins=4,
+                      log_every=2, checkpoint_every=2, pretrained=False, loss_stride=2, encoder="stats",
+                      stats_hidden=32, stats_layers=2, dropout=0.1, cross_weight=2.0, lr_schedule="cosine")
+    views = FixedViews()
+    out, ck = str(tmp_path / "w"), str(tmp_path / "ck")
+    cfg.time_limit_s = 0  # stop after the first step
+    first = train("fixed", out, cfg, device="cpu", checkpoint_dir=ck, views=views)
+    assert first["step"] == 1 and first["weights"] is None
+    m1 = load_checkpoint_model(ck)
+    feats = global_colour_features(torch.cat([views.a, views.b]), 4)
+    torch.testing.assert_close(m1.encoder.mean, feats.mean(0))
+    # the fit saw these four views 128 times over: the population standard deviation
+    torch.testing.assert_close(m1.encoder.scale, feats.std(0, correction=0).clamp_min(0.05), rtol=2e-3, atol=1e-5)
+    assert (m1.encoder.scale > 0.05).sum() > 20 and m1.encoder.mean.abs().max() > 1.0
+    cfg.time_limit_s = None
+    result = train("fixed", out, cfg, device="cpu", checkpoint_dir=ck, views=views)
+    assert result["step"] == 4 and result["weights"]
+    m4 = load_checkpoint_model(ck)
+    # resuming did not refit the standardisation
+    torch.testing.assert_close(m4.encoder.mean, m1.encoder.mean, rtol=0, atol=0)
+    _, config, card = load_weights(result["weights"])
+    assert config == {"model": "dncm", "k": 6, "encoder_size": 64, "knots": 4, "hist_bins": 4, "encoder": "stats",
+                      "stats_hidden": 32, "stats_layers": 2, "dropout": 0.1}
+    assert card["steps"] == 4 and "stats encoder" in card["recipe"] and "2.0·L1 cross-content" not in card["recipe"]
+    rebuilt = build_model(result["weights"], "cpu")
+    x = torch.rand(1, 3, 40, 50, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(x, x.flip(-1)), m4(x, x.flip(-1)), rtol=0, atol=0)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_one_percent():
+    from chromabeam.models.train_dncm import learning_rate
+
+    cfg = TrainConfig(steps=1000, lr=1e-3, lr_schedule="cosine")
+    assert learning_rate(cfg, 0) == pytest.approx(1e-3 / 20)  # warm-up: 2% of the steps
+    assert learning_rate(cfg, 19) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 20) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 510) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5), rel=1e-6)
+    assert learning_rate(cfg, 1000) == pytest.approx(1e-5)
+    assert learning_rate(TrainConfig(lr=2e-4), 500) == 2e-4  # constant (the default)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        learning_rate(TrainConfig(lr_schedule="step"), 1)
+
+
+def test_cli_encoder_options_reach_the_config(tmp_path, monkeypatch):
+    import chromabeam.models.train_dncm as trainer
+
+    seen = {}
+
+    def fake_train(pairs, weights_out, cfg, **kw):
+        seen["cfg"] = cfg
+        return {"step": 0, "weights": None}
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    args = _args("photos:/x", str(tmp_path), "--encoder", "stats", "--stats-hidden", "64", "--dropout", "0.2",
+                 "--cross-weight", "3", "--lr-schedule", "cosine", "--view-perturb", "none",
+                 "--view-identity-prob", "0.25", "--view-vignette-prob", "0")
+    assert train_command(args) == 0
+    cfg = seen["cfg"]
+    assert (cfg.encoder, cfg.encoder_size, cfg.stats_hidden, cfg.dropout, cfg.cross_weight) == ("stats", 128, 64, 0.2, 3.0)
+    assert (cfg.lr_schedule, cfg.view_perturb, cfg.view_identity_prob, cfg.view_vignette_prob) == ("cosine", "none", 0.25, 0.0)
+    train_command(_args("photos:/x", str(tmp_path)))
+    assert seen["cfg"].encoder == "efficientnet" and seen["cfg"].encoder_size == 256

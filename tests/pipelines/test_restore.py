@@ -189,3 +189,22 @@ def test_cuda_requested_but_absent_is_an_error(tmp_path, shard, tiny_weights):
     with pytest.raises(DeviceError, match="cuda"):
         restore.command(_args(str(tar), str(tmp_path / "out"), "--weights", tiny_weights, "--device", "cuda"), [])
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_fast_cpu_path_agrees_with_the_exact_path():
+    """The default CPU path (Pillow LUT + smooth low-resolution residual) against the exact
+    float path, on a model whose LUT and grid both do something."""
+    torch.manual_seed(14)
+    m = Restorer(pretrained=False, encoder="stats", view_size=64, width=16).eval()
+    with torch.no_grad():  # a strong global LUT, a gentle local grid (what trained models predict)
+        for last, std in ((m.lut_weights, 0.3), (m.grid_head, 0.005)):
+            last.weight.normal_(std=std)
+            last.bias.normal_(std=std)
+        m.lut_basis.normal_(std=0.05)
+    big, small = _photo("astronaut", 300, 420), _photo("chelsea", 90, 120)
+    exact = restore_pixels(m, [big, small], torch.device("cpu"), exact=True)
+    fast = restore_pixels(m, [big, small], torch.device("cpu"))
+    assert peak_signal_noise_ratio(exact[0], big, data_range=255) < 33  # the model really changes it
+    assert peak_signal_noise_ratio(exact[0], fast[0], data_range=255) > 38
+    # no larger than the low side: mapped exactly (only the view's resampling differs)
+    assert np.abs(fast[1].astype(int) - exact[1].astype(int)).max() <= 2

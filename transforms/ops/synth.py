@@ -33,6 +33,7 @@ from .grades import apply_grade, grade_lut, sample_grade, validate_grade
 from .imageio import to_float, to_uint8
 from .lut import LUT3D, apply_lut, identity_table
 from .perturb import PERTURB_LEVELS, apply_perturbations, sample_perturbations
+from .pixels8 import MAX_LUT, lut_uint8
 
 __all__ = [
     "SPEC_VERSION",
@@ -303,7 +304,7 @@ def make_pair(
 # Pillow's C Color3DLUT (16-bit fixed point trilinear) straight on the uint8 pixels, which
 # is ~2x the float torch path once the uint8<->float conversions are counted. Anything
 # spatial or image-dependent (vignettes, spatial filters, perturbations) takes the torch path.
-PILLOW_MAX_LUT = 65  # Pillow's Color3DLUT size limit
+PILLOW_MAX_LUT = MAX_LUT
 
 
 def pure_lut(spec: Mapping, luts: Mapping[str, LUT3D] | None = None) -> LUT3D | None:
@@ -343,10 +344,7 @@ def render(pixels: np.ndarray, spec: Mapping, luts: Mapping[str, LUT3D] | None =
         return pixels
     lut = pure_lut(spec, luts)
     if lut is not None:
-        from PIL import Image, ImageFilter
-
-        flt = ImageFilter.Color3DLUT(lut.table.shape[0], lut.table.reshape(-1))
-        return np.asarray(Image.fromarray(pixels, "RGB").filter(flt))
+        return lut_uint8(pixels, lut.table)
     with torch.no_grad():
         return to_uint8(apply_transform(to_float(pixels).unsqueeze(0), spec, luts)[0])
 
