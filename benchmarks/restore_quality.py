@@ -42,6 +42,9 @@ from chromabeam.transforms.ops.grades import apply_grade, sample_grade
 from chromabeam.transforms.ops.metrics import compute_metrics
 
 LUT_SIZE = 33
+# The oracle is fitted on the first TRAIN photos of the catalogue (the scikit-image and
+# wallpaper ones): enough pixels for a 33³ LUT, and a fixed set, so runs compare.
+ORACLE_FIT_PHOTOS = 26
 GRADE_SEED = 900_000
 METRICS = ("psnr", "ssim", "delta_e2000")
 BEGIN, END = "<!-- restore-quality:begin -->", "<!-- restore-quality:end -->"
@@ -106,6 +109,7 @@ def run(weights: str | None, size: int, grades_per_photo: int, fit_side: int, lo
     model = build_model(url, "cpu", expected_sha256=sha)
     cache = photos.fetch_debian(os.environ.get("CHROMABEAM_PHOTO_CACHE", "/tmp/photo-cache"))
     train, evals = photos.split()
+    train = train[:ORACLE_FIT_PHOTOS]
     train_imgs = [_tensor(photos.load(p, cache, fit_side)) for p in train]
     eval_imgs = [(p.name, _tensor(photos.load(p, cache, size))) for p in evals]
     log(f"{len(eval_imgs)} eval photos at ≤{size} px, oracle fitted on {len(train_imgs)} train photos at ≤{fit_side} px")

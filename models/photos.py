@@ -5,7 +5,13 @@ install. Nothing here runs at inference time.
 - photographs shipped as desktop wallpapers by Debian packages, fetched with
   ``apt-get download`` and unpacked with ``dpkg -x`` into a cache folder (no root-owned
   install). Only photographs are listed: the packages' illustrations and renders are left
-  out (picked by looking at every file).
+  out (picked by looking at every file);
+- photographs inside the Qt resource bundles (``.rcc``) of Debian's ``gcompris-qt-data``
+  (the GCompris educational suite's activities: monuments, animals, landscapes, objects,
+  musicians): WebP images stored uncompressed in the bundle, addressed by their ordinal
+  among the bundle's WebP images and checked against a SHA-256 prefix, so a changed
+  package fails loudly instead of silently training on other pictures. Paintings,
+  drawings and textures are left out (picked by looking at every image).
 
 ``split`` is fixed: EVAL photos are never used for training, so benchmarks measure
 generalisation to unseen photographs.
@@ -13,7 +19,11 @@ generalisation to unseen photographs.
 from __future__ import annotations
 
 import glob
+import hashlib
+import io
 import os
+import re
+import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -47,6 +57,50 @@ DEBIAN = (
         "summer_1am/contents/images/1280x1024.jpg"]),
 )
 
+# (bundle, [(ordinal among the bundle's WebP images, sha256 prefix of the image file)]).
+GCOMPRIS_PACKAGE, GCOMPRIS_PREFIX = "gcompris-qt-data", "/usr/share/gcompris-qt/rcc/"
+GCOMPRIS = (
+    ("categorization", [(28, "0dc109b5dc42"), (56, "ac327299a179"), (67, "c63a0145cf7e"), (68, "76cdfd62ea1d"),
+                        (93, "a0d5498bf18d"), (97, "acb47a53be1d"), (124, "9bee0d3330c3"), (131, "33bfa2aa2d23"),
+                        (133, "374c9ed08f3a"), (136, "c5ab1633cc4e"), (137, "496b5e1d1916")]),
+    ("clickgame", [(2, "9c8236a6ade2"), (5, "533dcc0d871a"), (11, "a3a8c196d24f"), (12, "42f7a4152c54"),
+                   (23, "08c6d1ae0ea4"), (29, "21295e109d35")]),
+    ("details", [(10, "0bbfd0f6edd1"), (28, "cb88769524ed"), (37, "702de281dd3a"), (44, "9c2796c2a415"),
+                 (48, "6ba38f91b6f6"), (67, "a811a6b22948"), (74, "84b09f2cc12c"), (80, "b973a69611d3"),
+                 (83, "cd94fbfc2ef0"), (93, "3cea5251d1e9"), (103, "5e763c937dba"), (116, "71946fdfe1a1"),
+                 (122, "d8f4c352456d")]),
+    ("erase", [(0, "250140eb6d3a"), (1, "5957d392349d"), (2, "1aca9fcc5a0e"), (3, "f67d7d04bf3b"), (4, "ec755f7b9d89"),
+               (5, "df4da85790b8"), (6, "e2b2f388dc6f"), (7, "56bdd761a414"), (8, "b637658d7e0f"), (9, "5fe69699bf37"),
+               (10, "5ce6131ce966"), (11, "ffd29864f09b"), (12, "5268033ecc36"), (13, "a7b242c4b014"),
+               (14, "8a338c7df329"), (15, "1c8a4014d079"), (16, "822be2d08adc"), (17, "459198d83393"),
+               (18, "e12b50bb4ee6"), (19, "63006dabe8b7"), (20, "b9d85c2e2899"), (21, "810de9fea049"),
+               (22, "15b49393342b"), (23, "dab7bc930f6f"), (24, "1c8be6df0a6f"), (25, "3a97a3c854c6"),
+               (26, "076622230f06"), (27, "977b0ff42770"), (28, "2847f84c4c96"), (29, "acba63337c11"),
+               (30, "7dcb10485273"), (31, "c39106edc785"), (32, "c6f3a52585a3")]),
+    ("explore_farm_animals", [(0, "fa4572f2022a"), (1, "db359136be5e"), (2, "3bac61d5dabb"), (3, "87879a9644b7"),
+                              (4, "ab7c3e1b04e8"), (5, "30a07d3c7dfc"), (6, "4f3d27d1fd3d"), (7, "5e9d95444957"),
+                              (8, "e8b7d705a955")]),
+    ("explore_monuments", [(0, "e9642c03c230"), (1, "62d80a80ca5e"), (2, "fded6367850d"), (3, "a96693bfff66"),
+                           (4, "4e414fc35ae9"), (5, "cf115ede2289"), (6, "720ddce0a312"), (7, "b9de4b334e76"),
+                           (8, "1c097b958c4b"), (9, "b9e560a9ae2f"), (10, "694a4eaebc52"), (11, "f8427c095794"),
+                           (12, "7df87dfe904e"), (13, "ca717a088d79"), (14, "a657a2139787"), (15, "dea912cbd395"),
+                           (16, "8d1053776a85"), (17, "a84a26be8d94"), (18, "7dbf980b3711"), (19, "c94ddb83bb2d"),
+                           (20, "41791947f877"), (21, "ec52355726f8"), (22, "3b6741152471"), (23, "4edb7eed9db5"),
+                           (24, "be7b3264cd33"), (25, "42c8376f99f7"), (26, "d9fec7d6ac49"), (27, "2148fe45a541"),
+                           (28, "8eeda3c92c73"), (29, "134f44b0e1c3"), (30, "fa8d36162b13"), (31, "52eab4d110bd"),
+                           (32, "e109eb44fd12"), (33, "b1d3584272eb"), (35, "cc782ccdd5b5"), (36, "9882593801be"),
+                           (37, "fc0d45ec5a25"), (38, "3133f2872b3d"), (39, "0d38a0c2d491"), (40, "e04e163ccef6"),
+                           (41, "546e2483d17c"), (42, "15ec5fcb8758"), (43, "b552994f6472"), (44, "5b39680425fc"),
+                           (45, "dd1818360d15"), (46, "2cb312c79a20"), (47, "91be8dd19821"), (48, "c90cdcbf981b")]),
+    ("explore_world_animals", [(0, "683964b6f57f"), (1, "2252a671c2e0"), (2, "f3ececf0133c"), (3, "840cf54b69bf"),
+                               (4, "780aceaa6244"), (5, "8b088ed71a87"), (6, "77b243c27d79"), (7, "4fccf91dd5e6"),
+                               (8, "fc36683cc206"), (9, "0544cef0a7d6"), (10, "11f3b2c5b876"), (11, "2a94d2fc7482"),
+                               (12, "22704727b664"), (13, "70ccf9a9db50"), (14, "68014ed783cf")]),
+    ("explore_world_music", [(0, "b4a6d85a40ce"), (1, "b30a023e5d36"), (2, "bc847e52730f"), (3, "0f0aa2d3116e"),
+                             (4, "cd1286e5d764"), (5, "b7e0bc6da6f9"), (6, "72af64588442"), (7, "c4b27aebe084"),
+                             (8, "20ef5a10a55b")]),
+)
+
 SKIMAGE = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
            "hubble_deep_field.jpg", "retina.jpg")
 
@@ -69,6 +123,10 @@ def catalog() -> list[Photo]:
         for f in files:
             short = f.split("/", 1)[0] if "/" in f else f
             photos.append(Photo(f"{package}/{short}", f"debian:{package}", prefix + f))
+    for bundle, images in GCOMPRIS:
+        for ordinal, sha in images:
+            photos.append(Photo(f"{GCOMPRIS_PACKAGE}/{bundle}-{ordinal}", f"debian:{GCOMPRIS_PACKAGE}",
+                                f"{GCOMPRIS_PREFIX}{bundle}.rcc#webp:{ordinal}:{sha}"))
     return photos
 
 
@@ -81,7 +139,7 @@ def split() -> tuple[list[Photo], list[Photo]]:
 def fetch_debian(cache: str) -> str:
     """Download and unpack the Debian packages into ``cache`` (idempotent); returns it."""
     os.makedirs(cache, exist_ok=True)
-    for package, _, _ in DEBIAN:
+    for package in [d[0] for d in DEBIAN] + [GCOMPRIS_PACKAGE]:
         root = os.path.join(cache, package)
         if os.path.isdir(root):
             continue
@@ -94,16 +152,35 @@ def fetch_debian(cache: str) -> str:
 
 
 def locate(photo: Photo, cache: str) -> str:
+    """The file holding the photo (for a bundled image: the bundle)."""
     if photo.source.startswith("pypi:"):
         import skimage
 
         return os.path.join(os.path.dirname(os.path.dirname(skimage.__file__)), photo.path)
-    return os.path.join(cache, photo.source.split(":", 1)[1], photo.path.lstrip("/"))
+    return os.path.join(cache, photo.source.split(":", 1)[1], photo.path.split("#", 1)[0].lstrip("/"))
+
+
+def _embedded_webp(bundle: str, ordinal: int, sha_prefix: str) -> bytes:
+    """The ``ordinal``-th RIFF/WebP image stored in ``bundle``, checked against its hash."""
+    data = open(bundle, "rb").read()
+    for k, m in enumerate(re.finditer(rb"RIFF(....)WEBP", data, re.S)):
+        if k == ordinal:
+            blob = data[m.start(): m.start() + 8 + struct.unpack("<I", m.group(1))[0]]
+            got = hashlib.sha256(blob).hexdigest()
+            if not got.startswith(sha_prefix):
+                raise ValueError(f"{bundle}: WebP image #{ordinal} has sha256 {got[:12]}, the catalogue expects "
+                                 f"{sha_prefix}: the package changed; re-pick its photos")
+            return blob
+    raise ValueError(f"{bundle}: has no WebP image #{ordinal}: the package changed; re-pick its photos")
 
 
 def load(photo: Photo, cache: str, max_side: int | None = None) -> np.ndarray:
     """RGB uint8 (H, W, 3), downscaled (Lanczos) so the long side is at most ``max_side``."""
-    im = Image.open(locate(photo, cache)).convert("RGB")
+    if "#webp:" in photo.path:
+        _, ordinal, sha = photo.path.split("#", 1)[1].split(":")
+        im = Image.open(io.BytesIO(_embedded_webp(locate(photo, cache), int(ordinal), sha))).convert("RGB")
+    else:
+        im = Image.open(locate(photo, cache)).convert("RGB")
     if max_side and max(im.size) > max_side:
         im.thumbnail((max_side, max_side), Image.LANCZOS)
     return np.asarray(im)

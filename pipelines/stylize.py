@@ -3,11 +3,13 @@
 Two-stage, as Neural Preset intends:
 
     --style refs ─ Create ─ RunInference(StyleHandler) ─ {style key: r, M_s} ──┐ side input (AsDict)
-    INPUT ─ read ─ decode ─ RunInference(ContentHandler) ─ Z per image ─ StylizeFn ─ N rows per image
+    INPUT ─ read ─ decode ─ RunInference(ContentHandler) ─ M_n (or Z) per image ─ StylizeFn ─ N rows per image
 
 Each style's r is computed once (reference images through the encoder; presets as
 saved), each content image is encoded and normalised once, and every (image, style)
-combination is one sDNCM application: N styles give N output images and manifest rows
+combination is one application: by default nDNCM∘sDNCM folded into one 65³ LUT applied
+to the decoded 8-bit pixels by Pillow (``stylize_handler.apply_dncm_lut``); with
+``--exact`` Z at full resolution in float, then sDNCM. N styles give N output images and manifest rows
 per input, each with ``style`` set and the weights' sha256. A record that cannot be read
 gives one error row per style.
 """
@@ -32,7 +34,8 @@ from chromabeam.transforms.ops.imageio import DEFAULT_MAX_PIXELS, encode_image, 
 from chromabeam.transforms.ops.style import apply_curves
 from chromabeam.transforms.read import ReadImages
 from chromabeam.transforms.stylize_handler import (
-    ContentHandler, StyleHandler, StyleSource, default_weights, style_source, weights_sha256,
+    ContentHandler, StyleHandler, StyleSource, apply_dncm_lut, apply_folded, default_weights, style_source,
+    weights_sha256,
 )
 
 TASK = "stylize"
@@ -49,6 +52,7 @@ class StylizeOptions:
     image_format: str = "jpg"
     quality: int = 95
     max_pixels: int = DEFAULT_MAX_PIXELS
+    exact: bool = False
 
     def __post_init__(self) -> None:
         if not self.styles:
@@ -59,6 +63,16 @@ class StylizeOptions:
             raise JobError(f"--style: several styles share the key(s) {dup} (keys are file stems); rename one")
         if self.batch_size < 1:
             raise JobError("--batch-size must be at least 1")
+
+
+def stylize_pixels(pixels: np.ndarray, content, M_s: np.ndarray) -> np.ndarray:
+    """One (image, style) output as uint8 ``(H, W, 3)``: ``content`` is the content
+    handler's result — ``M_n`` (numpy, the default: the folded nDNCM∘sDNCM LUT on the
+    8-bit pixels) or ``Z`` (torch ``(3, H, W)``, ``--exact``: sDNCM in float)."""
+    if isinstance(content, np.ndarray):
+        return apply_dncm_lut(pixels, content, M_s)
+    with torch.inference_mode():
+        return to_uint8(stylize_z(content, M_s))
 
 
 def stylize_z(Z: torch.Tensor, M: np.ndarray) -> torch.Tensor:
@@ -103,12 +117,9 @@ class StylizeFn(beam.DoFn):
 
     def process(self, result, styles: dict):
         image: DecodedImage = result.example
-        Z: torch.Tensor = result.inference
         for key in sorted(styles):
             entry = styles[key]
-            with torch.inference_mode():
-                y = stylize_z(Z, entry.M)
-            data = encode_image(to_uint8(y), self._ext, self._quality)
+            data = encode_image(stylize_pixels(image.pixels, result.inference, entry.M), self._ext, self._quality)
             params = {"style": key, "style_kind": entry.kind, "style_uri": storage.redact(entry.uri),
                       "weights": self._weights_name}
             row = ManifestRow(
@@ -141,7 +152,7 @@ class Stylize(beam.PTransform):
             ErrorRowsFn(style_keys=tuple(s.key for s in o.styles), sha256=o.weights_sha256))
         stylized = (
             split.ok
-            | "Normalize" >> RunInference(ContentHandler(**handler_kw))
+            | "Normalize" >> RunInference(ContentHandler(output="z" if o.exact else "curves", **handler_kw))
             | "ApplyStyles" >> beam.ParDo(
                 StylizeFn(image_format=o.image_format, quality=o.quality, weights_name=storage.basename(o.weights)),
                 styles=beam.pvalue.AsDict(styles))
@@ -190,6 +201,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--weights", metavar="URL", default=None, help="DNCM safetensors (default: the shipped weights)")
     g.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (cuda[:N]); CUDA where none exists is an error")
     g.add_argument("--batch-size", type=int, default=8, help="images per encoder batch")
+    g.add_argument("--exact", action="store_true",
+                   help="apply the model in float at full resolution (Z, then sDNCM) instead of folding "
+                        "content and style into one 65³ LUT on the 8-bit pixels (faster; within a few levels)")
 
 
 def options_from_args(args: argparse.Namespace) -> StylizeOptions:
@@ -202,6 +216,7 @@ def options_from_args(args: argparse.Namespace) -> StylizeOptions:
         styles=parse_styles(args.style), weights=weights, weights_sha256=sha, device=args.device,
         batch_size=args.batch_size, image_format=getattr(args, "image_format", "jpg"),
         quality=getattr(args, "quality", 95), max_pixels=getattr(args, "max_pixels", DEFAULT_MAX_PIXELS),
+        exact=bool(getattr(args, "exact", False)),
     )
 
 
@@ -213,7 +228,7 @@ def command(args: argparse.Namespace, beam_args: list[str]) -> int:
         "style_uris": [storage.redact(s.uri) for s in options.styles],
         "weights": storage.basename(options.weights), "weights_sha256": options.weights_sha256,
         "device": args.device, "batch_size": options.batch_size,
-        "image_format": options.image_format, "quality": options.quality,
+        "image_format": options.image_format, "quality": options.quality, "exact": options.exact,
     }
     config = JobConfig(output=args.output.rstrip("/"), task=TASK, layout=getattr(args, "layout", "webdataset"),
                        shard_size=getattr(args, "shard_size", 256), max_error_rate=getattr(args, "max_error_rate", 0.5),

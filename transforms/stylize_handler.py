@@ -4,8 +4,14 @@
   preset's r) → one ``StyleEntry`` per style: r and the folded stylization map
   ``M_s = P_s·r·Q_s`` (all a content image needs to take this style). Reference images go
   through the encoder once, batched; presets skip it.
-- ``ContentHandler``: a batch of ``DecodedImage`` → the colour-normalised content
-  ``Z = nDNCM(x, d)`` at full resolution, one encoder pass for the whole batch.
+- ``ContentHandler``: a batch of ``DecodedImage`` → per image, one encoder pass for the
+  whole batch, then either (``output="curves"``, the default) the folded normalisation map
+  ``M_n = P_n·d·Q_n`` — a few hundred floats — or (``output="z"``, the exact path) the
+  colour-normalised content ``Z = nDNCM(x, d)`` at full resolution.
+
+For a fixed (content, style) pair the whole nDNCM∘sDNCM map is a colour function, so
+``dncm_lut_table(M_n, M_s)`` samples it on a lattice and ``apply_dncm_lut`` applies it to
+the decoded 8-bit pixels with Pillow's C ``Color3DLUT`` (no float image at all).
 
 Both load the weights once per worker through the registry (sha256-checked), on the
 device ``resolve_device`` gives (CUDA asked for where none exists is a DeviceError), and
@@ -36,11 +42,43 @@ from chromabeam.transforms.ops.style import fold_curves
 
 __all__ = [
     "StyleSource", "StyleEntry", "StyleHandler", "ContentHandler", "default_weights", "weights_sha256",
-    "encoder_view", "PRESET_FORMAT",
+    "encoder_view", "PRESET_FORMAT", "apply_folded", "dncm_lut_table", "apply_dncm_lut", "LUT_SIZE",
 ]
 
 PRESET_FORMAT = "chromabeam-dncm-preset"
 _VIEW_PREREDUCE = 2  # Pillow box-reduces big images to >= 2x the encoder view before the resize
+LUT_SIZE = 65  # lattice of the folded content∘style LUT (Pillow's maximum; docs/stylize.md has the error)
+CONTENT_OUTPUTS = ("curves", "z")
+
+
+def apply_folded(x: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """A folded DNCM map on ``x`` ``(B, 3, H, W)``: ``M`` ``(3K, 3)`` curves or ``(3, 3)``
+    linear (the paper's) → ``(B, 3, H, W)``, not clamped."""
+    from chromabeam.transforms.ops.dncm import apply_color_matrix
+    from chromabeam.transforms.ops.style import apply_curves
+
+    M = torch.as_tensor(M, dtype=x.dtype, device=x.device)
+    return apply_color_matrix(x, M) if M.shape[0] == 3 else apply_curves(x, M)
+
+
+def dncm_lut_table(M_n, M_s, size: int = LUT_SIZE) -> np.ndarray:
+    """The colour function ``x ↦ sDNCM(nDNCM(x))`` of folded maps ``M_n`` (content) and
+    ``M_s`` (style), sampled on the ``size``³ lattice and clamped to [0, 1] → float32
+    ``(size, size, size, 3)`` indexed ``[b, g, r]`` (``transforms.ops.pixels8.lut_uint8``'s
+    layout). Computed in float64, so the only error left is the lattice interpolation."""
+    from chromabeam.transforms.ops.lut import hald_lattice
+
+    lattice = hald_lattice(size).double()  # (1, 3, S·S, S): rows b·S + g, columns r
+    Mn, Ms = (torch.as_tensor(np.asarray(M), dtype=torch.float64) for M in (M_n, M_s))
+    y = apply_folded(apply_folded(lattice, Mn), Ms).clamp(0, 1)
+    return y[0].permute(1, 2, 0).reshape(size, size, size, 3).float().numpy()
+
+
+def apply_dncm_lut(pixels: np.ndarray, M_n, M_s, size: int = LUT_SIZE) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` content stylised through the folded LUT → uint8 ``(H, W, 3)``."""
+    from chromabeam.transforms.ops.pixels8 import lut_uint8
+
+    return lut_uint8(pixels, dncm_lut_table(M_n, M_s, size))
 
 
 def default_weights() -> str:
@@ -128,6 +166,8 @@ class _DNCMHandler(ModelHandler):
 
         # the stem convolution (the stats module) runs exactly once per image the encoder sees
         model.encoder_entry.register_forward_pre_hook(count)
+        model.folded_normalize = lambda d: (fold_curves(model.P_n, d, model.Q_n)[0] if model.knots
+                                            else model.P_n @ d @ model.Q_n)
         return model
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
@@ -175,9 +215,16 @@ class StyleHandler(_DNCMHandler):
 
 
 class ContentHandler(_DNCMHandler):
-    """``DecodedImage`` batch → ``Z`` (3, H, W) float32 per image (colour-normalised)."""
+    """``DecodedImage`` batch → per image ``M_n`` float32 numpy ``(3K, 3)`` (or ``(3, 3)``
+    for the linear model; ``output="curves"``) or ``Z`` (3, H, W) float32 (``output="z"``)."""
 
     _counter_name = "dncm_encoder_contents"
+
+    def __init__(self, *, output: str = "curves", **kw):
+        if output not in CONTENT_OUTPUTS:
+            raise ValueError(f"ContentHandler: output must be one of {CONTENT_OUTPUTS}, got {output!r}")
+        self._output = output
+        super().__init__(**kw)
 
     def run_inference(self, batch: Sequence[DecodedImage], model, inference_args=None) -> Iterable[PredictionResult]:
         dev = next(model.parameters()).device
@@ -185,8 +232,11 @@ class ContentHandler(_DNCMHandler):
             d, _ = self._encode(model, [encoder_view(im.pixels, model.encoder_size) for im in batch])
             out = []
             for i, im in enumerate(batch):
-                Z = model.normalize(to_float(im.pixels).unsqueeze(0).to(dev), d[i:i + 1])[0]
-                out.append(PredictionResult(im, Z, model_id=model.weights_sha256))
+                if self._output == "curves":
+                    inference = model.folded_normalize(d[i]).float().cpu().numpy()
+                else:
+                    inference = model.normalize(to_float(im.pixels).unsqueeze(0).to(dev), d[i:i + 1])[0]
+                out.append(PredictionResult(im, inference, model_id=model.weights_sha256))
         return out
 
 
