@@ -1,11 +1,13 @@
 """DNCM stylization speed.
 
 (a) Model application at FHD, 4K and 8K on CPU (and CUDA when available), each size in a
-    fresh process: encoder (256 px view incl. the resize), nDNCM + sDNCM (the two full-
+    fresh process: encoder (its view incl. the resize), nDNCM + sDNCM (the two full-
     resolution colour maps), and peak memory above the process's baseline (CPU: the
     kernel's peak-RSS counter VmHWM, reset via /proc/self/clear_refs; CUDA:
     torch.cuda.max_memory_allocated). Rows for the shipped curve DNCM and for the paper's
-    linear DNCM (same encoder, knots=0) show what the curve basis costs.
+    linear DNCM (same encoder, knots=0) show what the curve basis costs. For the shipped
+    model on CPU also the 8-bit path the job uses: the handler's encoder view from uint8,
+    the folded 65³ nDNCM∘sDNCM table and Pillow's Color3DLUT on the uint8 image.
 (b) A whole ``chromabeam stylize`` job (one style, JPEG q95 files out) on N 4K JPEGs,
     against the floor of decoding and re-encoding the same files with Pillow (same JPEG
     settings) in one process, as a ratio.
@@ -36,11 +38,11 @@ CHILD = textwrap.dedent(
     from chromabeam.models.dncm import DNCM
     from chromabeam.models.registry import build_model
     h, w, device, variant, repeats = {h}, {w}, "{device}", "{variant}", {repeats}
-    if variant == "curve":
-        from chromabeam.transforms.stylize_handler import default_weights
-        m = build_model(default_weights(), device)
-    else:
-        m = DNCM(knots=0, hist_bins=16, pretrained=False).to(device).eval()
+    from chromabeam.transforms.stylize_handler import default_weights
+    m = build_model(default_weights(), device)
+    if variant != "curve":  # the paper's linear map with the shipped model's encoder
+        cfg = {{k: v for k, v in m.config.items() if k != "model"}}
+        m = DNCM(**{{**cfg, "knots": 0, "pretrained": False}}).to(device).eval()
     def peak_reset():
         if device == "cuda":
             torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); return torch.cuda.memory_allocated()
@@ -62,7 +64,21 @@ CHILD = textwrap.dedent(
             t = time.perf_counter(); y = m.stylize(m.normalize(x, d), r); sync(); app.append(time.perf_counter() - t)
             del y
         mem = peak() - base
-    print(json.dumps({{"encoder_s": min(enc), "apply_s": min(app), "peak_bytes": mem, "image_bytes": x.nelement() * 4}}))
+        lut = None
+        if variant == "curve" and device == "cpu":
+            import numpy as np
+            from chromabeam.transforms.stylize_handler import apply_dncm_lut, encoder_view
+            from chromabeam.transforms.ops.style import fold_curves
+            px = (x[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            Ms = fold_curves(m.P_s, r, m.Q_s)[0].numpy()
+            lut = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                d, _ = m.encode(encoder_view(px, m.encoder_size)[None])
+                y8 = apply_dncm_lut(px, fold_curves(m.P_n, d, m.Q_n)[0].numpy(), Ms)
+                lut.append(time.perf_counter() - t)
+    print(json.dumps({{"encoder_s": min(enc), "apply_s": min(app), "peak_bytes": mem, "image_bytes": x.nelement() * 4,
+                      "lut8_s": min(lut) if lut else None}}))
     """
 )
 
@@ -110,13 +126,13 @@ def pillow_floor(paths: list[str]) -> float:
     return time.perf_counter() - t
 
 
-def stylize_job(folder: str, out: str, threads: int) -> tuple[float, dict]:
+def stylize_job(folder: str, out: str, threads: int, exact: bool = False) -> tuple[float, dict]:
     cmd = [sys.executable, "-c", textwrap.dedent(f"""
         import argparse, json, time, torch
         torch.set_num_threads({threads})
         from chromabeam.pipelines import stylize
         p = argparse.ArgumentParser(); p.add_argument("input"); p.add_argument("output"); stylize.add_arguments(p)
-        a = p.parse_args(["{folder}", "{out}", "--style", "warm", "--device", "cpu", "--batch-size", "8"])
+        a = p.parse_args(["{folder}", "{out}", "--style", "warm", "--device", "cpu", "--batch-size", "8"]{' + ["--exact"]' if exact else ''})
         a.layout, a.image_format, a.quality, a.overwrite = "files", "jpg", 95, True
         a.shard_size, a.max_error_rate, a.max_pixels = 256, 0.0, 10**9
         t = time.perf_counter(); rc = stylize.command(a, []); print(json.dumps({{"rc": rc, "s": time.perf_counter() - t}}))
@@ -135,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=32, help="4K JPEGs in the job benchmark (0: skip it)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--exact", action="store_true", help="also time the job with --exact (the float path)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     import torch
@@ -143,14 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     result = {"threads": args.threads, "model": model_timings(sizes, devices, args.threads, args.repeats)}
     print(f"(a) DNCM application, torch threads = {args.threads} (best of {args.repeats})\n")
-    print("| device | DNCM | size | encoder s | nDNCM+sDNCM s | total s | peak memory MB | × image |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| device | DNCM | size | encoder s | nDNCM+sDNCM s | total s | peak memory MB | × image | 8-bit LUT path s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in result["model"]:
         if "error" in r:
             print(f"| {r['device']} | {r['variant']} | {r['size']} | error: {r['error']} |")
             continue
         print(f"| {r['device']} | {r['variant']} | {r['size']} | {r['encoder_s']:.3f} | {r['apply_s']:.3f} | "
-              f"{r['encoder_s'] + r['apply_s']:.3f} | {r['peak_bytes'] / 2**20:.0f} | {r['peak_bytes'] / r['image_bytes']:.2f} |")
+              f"{r['encoder_s'] + r['apply_s']:.3f} | {r['peak_bytes'] / 2**20:.0f} | {r['peak_bytes'] / r['image_bytes']:.2f} | "
+              + (f"{r['lut8_s']:.3f} |" if r.get("lut8_s") is not None else "– |"))
     if args.jobs:
         with tempfile.TemporaryDirectory() as tmp:
             src = os.path.join(tmp, "in")
@@ -160,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             wall, inner = stylize_job(src, os.path.join(tmp, "out"), args.threads)
             outs = glob.glob(os.path.join(tmp, "out", "images", "*.jpg"))
             assert len(outs) == args.jobs, f"job wrote {len(outs)} of {args.jobs} images"
+            exact = stylize_job(src, os.path.join(tmp, "exact"), args.threads, exact=True)[1] if args.exact else None
         result["job"] = {"images": args.jobs, "pillow_floor_s": floor, "job_s": inner["s"], "process_wall_s": wall,
                          "ratio": inner["s"] / floor, "ratio_incl_startup": wall / floor}
         j = result["job"]
@@ -169,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| Pillow decode + encode floor (1 process) | {floor:.2f} | {1000 * floor / args.jobs:.0f} | 1.00 |")
         print(f"| stylize job (run_job: Beam pipeline) | {j['job_s']:.2f} | {1000 * j['job_s'] / args.jobs:.0f} | {j['ratio']:.2f} |")
         print(f"| stylize job incl. Python/torch start-up | {wall:.2f} | {1000 * wall / args.jobs:.0f} | {j['ratio_incl_startup']:.2f} |")
+        if exact:
+            j["exact_job_s"] = exact["s"]
+            print(f"| stylize job --exact (float path) | {exact['s']:.2f} | {1000 * exact['s'] / args.jobs:.0f} | {exact['s'] / floor:.2f} |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)

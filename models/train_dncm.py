@@ -336,8 +336,9 @@ def train(pairs: str, weights_out: str | None, cfg: TrainConfig, *, device: str 
 
 
 def save_trained(model: DNCM, weights_out: str, state: dict, sources: list[str], pairs: str,
-                 metrics: dict | None = None) -> str:
-    """Final weights through the registry, with the card."""
+                 metrics: dict | None = None, notes: dict | None = None) -> str:
+    """Final weights through the registry, with the card (``notes``: extra card fields,
+    e.g. the training command)."""
     from chromabeam.models.registry import save_weights
 
     cfg = state.get("config", {})
@@ -363,6 +364,7 @@ def save_trained(model: DNCM, weights_out: str, state: dict, sources: list[str],
         "final_losses": state["log"][-1] if state["log"] else None,
         "loss_log_every_500": [e for e in state["log"] if e["step"] % 500 == 0],
         "metrics": metrics or {},
+        **(notes or {}),
     }
     model = model.cpu().eval()
     return save_weights(model, model.config, weights_out, card)
