@@ -72,6 +72,7 @@ class TrainConfig:
     view_identity_prob: float = 0.0
     view_grade_prob: float = 0.5
     view_vignette_prob: float = 0.1
+    view_mosaic_prob: float = 0.0
     extra: dict = field(default_factory=dict)
 
 
@@ -140,11 +141,15 @@ class PhotoViews:
     """Two looks of a random crop of a TRAIN photo, made on the fly in preset mode
     (filters, procedural grades, perturbations ``perturb``; ``identity_prob``: chance that
     a look is the unchanged photo; every draw seeded). The looks are rendered on the
-    8-bit crops (``transforms.ops.synth.render``: Pillow's C LUT for pure colour maps)."""
+    8-bit crops (``transforms.ops.synth.render``: Pillow's C LUT for pure colour maps).
+    ``mosaic_prob``: chance that a crop is a 2×2 mosaic of half-size crops of random
+    photos — new colour statistics every time, so a model that reads statistics cannot
+    memorise the few training photos' true colours (the looks are global colour maps, so
+    a mosaic is as valid a content as a photo)."""
 
     def __init__(self, cache: str, *, max_side: int = 512, seed: int = 0, limit: int | None = None,
                  cross_content: bool = True, perturb: str = "light", identity_prob: float = 0.0,
-                 grade_prob: float = 0.5, vignette_prob: float = 0.1):
+                 grade_prob: float = 0.5, vignette_prob: float = 0.1, mosaic_prob: float = 0.0):
         from chromabeam.transforms.ops.synth import SynthConfig
 
         photo_catalog.fetch_debian(cache)
@@ -155,8 +160,22 @@ class PhotoViews:
                                   identity_prob=identity_prob)
         self.seed = seed
         self.cross_content = cross_content
+        self.mosaic_prob = float(mosaic_prob)
 
     def _crop(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, int]:
+        if self.mosaic_prob and size >= 2 and rng.random() < self.mosaic_prob:
+            half = size // 2
+            tiles = [self._single_crop(rng, half) for _ in range(4)]
+            arr = np.zeros((size, size, 3), np.uint8)
+            for t, (tile, _) in enumerate(tiles):
+                r0, c0 = (t // 2) * half, (t % 2) * half
+                arr[r0:r0 + half, c0:c0 + half] = tile
+            if size % 2:  # odd sizes: repeat the last row/column
+                arr[-1], arr[:, -1] = arr[-2], arr[:, -2]
+            return arr, tiles[0][1]
+        return self._single_crop(rng, size)
+
+    def _single_crop(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, int]:
         n = int(rng.integers(len(self.images)))
         img = self.images[n]
         h, w = img.shape[:2]
@@ -196,7 +215,8 @@ def open_views(pairs: str, cfg: TrainConfig):
         return PhotoViews(pairs[len(PHOTOS_PREFIX):] or "/tmp/photo-cache", max_side=cfg.max_side, seed=cfg.seed,
                           limit=cfg.extra.get("photo_limit"), cross_content=cfg.cross_content,
                           perturb=cfg.view_perturb, identity_prob=cfg.view_identity_prob,
-                          grade_prob=cfg.view_grade_prob, vignette_prob=cfg.view_vignette_prob)
+                          grade_prob=cfg.view_grade_prob, vignette_prob=cfg.view_vignette_prob,
+                          mosaic_prob=cfg.view_mosaic_prob)
     return PairViews(pairs, max_side=cfg.max_side)
 
 
@@ -353,7 +373,8 @@ def save_trained(model: DNCM, weights_out: str, state: dict, sources: list[str],
         "training_pairs": pairs if not pairs.startswith(PHOTOS_PREFIX) else
         "generated on the fly (transforms.ops.synth preset mode: filters, procedural grades "
         f"(probability {cfg.get('view_grade_prob', 0.5)}, vignettes {cfg.get('view_vignette_prob', 0.1)}), "
-        f"perturbations {cfg.get('view_perturb', 'light')}, unchanged-photo looks {cfg.get('view_identity_prob', 0.0)}) "
+        f"perturbations {cfg.get('view_perturb', 'light')}, unchanged-photo looks {cfg.get('view_identity_prob', 0.0)}, "
+        f"2x2 mosaics of crops {cfg.get('view_mosaic_prob', 0.0)}) "
         "from the TRAIN photos",
         "recipe": "Neural Preset self-supervised: L1 reconstruction of each view from the other's Z + "
                   f"{cfg.get('lambda_con', 10)}·L2 consistency of Z"
@@ -407,6 +428,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="photos: PAIRS: chance of a procedural grade (else a filter)")
     g.add_argument("--view-vignette-prob", type=float, default=d.view_vignette_prob,
                    help="photos: PAIRS: chance that a procedural grade has a vignette")
+    g.add_argument("--view-mosaic-prob", type=float, default=d.view_mosaic_prob,
+                   help="photos: PAIRS: chance that a crop is a 2x2 mosaic of crops of random photos")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--checkpoint-dir", default=None, help="default: WEIGHTS_OUT/checkpoint")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
@@ -426,6 +449,7 @@ def train_command(args: argparse.Namespace) -> int:
                       cross_weight=args.cross_weight, lr_schedule=args.lr_schedule,
                       view_perturb=args.view_perturb, view_identity_prob=args.view_identity_prob,
                       view_grade_prob=args.view_grade_prob, view_vignette_prob=args.view_vignette_prob,
+                      view_mosaic_prob=args.view_mosaic_prob,
                       seed=args.seed, checkpoint_every=args.checkpoint_every, time_limit_s=args.time_limit)
     result = train(args.pairs, args.weights_out, cfg, device=args.device, checkpoint_dir=args.checkpoint_dir)
     if result["weights"]:
