@@ -178,15 +178,16 @@ class PhotoLooks:
     crop (30–100 % of each side, so scale and aspect vary; a quarter of the time a 2×2
     mosaic of crops of four photos, so colour distributions vary beyond the photos'
     own), a random flip, then a fresh removal-mode look from the transform library —
-    all 40 filters, procedural grades, light perturbations, identity ``identity_prob`` of
-    the time, half the looks at full strength, the rest blended 40–100 % — and 8-bit
+    all 40 filters, procedural grades, light perturbations (on ``perturb_prob`` of the
+    looks), identity ``identity_prob`` of the time, half the looks at full strength, the
+    rest blended 40–100 % — and 8-bit
     rounding of the input, as a saved file would have. Every step sees new pairs, so the
     model cannot memorise (photo, look) combinations; only the photos repeat.
 
     ``sample(batch, size, rng) -> (input, target)`` float ``(batch, 3, size, size)``."""
 
     def __init__(self, images: list[np.ndarray], names: list[str], *, identity_prob: float = 0.12,
-                 mosaic_prob: float = 0.25):
+                 mosaic_prob: float = 0.25, perturb_prob: float = 1.0):
         from chromabeam.transforms.ops.synth import SynthConfig
 
         if not images or len(images) != len(names):
@@ -195,6 +196,9 @@ class PhotoLooks:
         self.config = SynthConfig(mode="removal", perturb="light", grade_prob=0.4, vignette_prob=0.3,
                                   identity_prob=identity_prob, lut_strength=(0.4, 1.0))
         self.mosaic_prob = float(mosaic_prob)
+        if not 0.0 <= perturb_prob <= 1.0:
+            raise ValueError(f"PhotoLooks: perturb_prob must be in [0, 1], got {perturb_prob}")
+        self.perturb_prob = float(perturb_prob)
 
     @classmethod
     def from_photos(cls, cache: str, *, max_side: int = 768, limit: int | None = None, **kwargs) -> "PhotoLooks":
@@ -236,6 +240,8 @@ class PhotoLooks:
             spec = sample_transform(self.config, rng)
             if spec["family"] != "identity" and rng.random() < 0.5:
                 spec["strength"] = 1.0
+            if spec["perturb"] and rng.random() >= self.perturb_prob:
+                spec["perturb"] = []
             x = apply_transform(y, spec).clamp(0, 1).mul(255).round().div(255)
             xs.append(x)
             ys.append(y)
@@ -494,6 +500,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-side", type=int, default=d.max_side, help="decode pairs at most this large")
     g.add_argument("--loss-size", type=int, default=d.loss_size,
                    help="apply and score on a downscale of each crop to this side (0: at the crop size)")
+    g.add_argument("--identity-prob", type=float, default=0.12, help="photos:CACHE only: share of unchanged inputs")
+    g.add_argument("--perturb-prob", type=float, default=1.0,
+                   help="photos:CACHE only: share of looks that get light Harmonizer perturbations")
+    g.add_argument("--init", metavar="WEIGHTS", default=None,
+                   help="start from these restorer weights (fine-tuning; ignored when resuming a checkpoint)")
     g.add_argument("--card", default=None, help="JSON file merged into the model card (e.g. benchmark results)")
 
 
@@ -529,10 +540,12 @@ def train_command(args: argparse.Namespace) -> int:
     )
     ckpt = args.checkpoint_dir or storage.join(args.weights_out, "checkpoint")
     if args.pairs.startswith(PHOTOS_PREFIX):
-        pairs = PhotoLooks.from_photos(args.pairs[len(PHOTOS_PREFIX):] or DEFAULT_PHOTO_CACHE, max_side=cfg.max_side)
+        pairs = PhotoLooks.from_photos(args.pairs[len(PHOTOS_PREFIX):] or DEFAULT_PHOTO_CACHE, max_side=cfg.max_side,
+                                       identity_prob=args.identity_prob, perturb_prob=args.perturb_prob)
         sources = pairs.sources()
         pair_info = {"url": storage.redact(args.pairs), "made_on_the_fly": True,
-                     "synth_config": dataclasses.asdict(pairs.config), "mosaic_prob": pairs.mosaic_prob}
+                     "synth_config": dataclasses.asdict(pairs.config), "mosaic_prob": pairs.mosaic_prob,
+                     "perturb_prob": pairs.perturb_prob}
     else:
         if _checkpoint_step(ckpt) >= cfg.steps:
             pairs = _manifest_pairs(args.pairs)  # nothing left to train: the card needs keys only
@@ -540,13 +553,21 @@ def train_command(args: argparse.Namespace) -> int:
             pairs = load_pairs(args.pairs, max_side=cfg.max_side)
         sources = training_sources(pairs)
         pair_info = {"url": storage.redact(args.pairs), "count": len(pairs), "families": _family_counts(pairs)}
-    model, state = train(pairs, cfg, ckpt)
+    init = None
+    if args.init:
+        from chromabeam.models.registry import build_model
+
+        init = build_model(args.init, "cpu")
+        if init.weights_config.get("model") != "restorer":
+            raise ValueError(f"--init {storage.redact(args.init)} holds a {init.weights_config.get('model')!r} model")
+    model, state = train(pairs, cfg, ckpt, init=init)
     extra = json.loads(storage.read_bytes(args.card)) if args.card else {}
     card = {
         "task": "blind Instagram-filter / colour-grade removal",
         "steps": state["step"],
         "training_data": sources,
         "training_pairs": pair_info,
+        "initialised_from": storage.redact(args.init) if args.init else None,
         "training": {**dataclasses.asdict(cfg), "seconds": round(state["seconds"], 1),
                      "final_losses": state["history"][-1] if state["history"] else None},
         "loss_history": state["history"],
