@@ -367,6 +367,7 @@ def train(
     torch.manual_seed(cfg.seed)
     if init is not None:
         kwargs = {k: v for k, v in init.config.items() if k != "model"}
+        cfg = dataclasses.replace(cfg, model=dict(kwargs))  # checkpoint and card describe the model trained
         model = Restorer(**kwargs, pretrained=False).to(device)
         model.load_state_dict(init.state_dict())
         model.chunk_pixels = init.chunk_pixels

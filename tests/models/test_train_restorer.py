@@ -202,6 +202,8 @@ def test_photo_looks_mosaic_tiles_four_crops():
     assert clean.shape == (50, 50, 3) and clean.dtype == np.uint8
     with pytest.raises(ValueError, match="one name per image"):
         PhotoLooks([_photo("chelsea", 32, 32)], [])
+    with pytest.raises(ValueError, match="perturb_prob"):
+        _looks(perturb_prob=1.5)
 
 
 def test_stats_encoder_trains_on_the_fly_with_a_downscaled_loss():
