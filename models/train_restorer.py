@@ -569,7 +569,7 @@ def train_command(args: argparse.Namespace) -> int:
         "training_data": sources,
         "training_pairs": pair_info,
         "initialised_from": storage.redact(args.init) if args.init else None,
-        "training": {**dataclasses.asdict(cfg), "seconds": round(state["seconds"], 1),
+        "training": {**state["config"], "seconds": round(state["seconds"], 1),
                      "final_losses": state["history"][-1] if state["history"] else None},
         "loss_history": state["history"],
         **extra,
