@@ -28,8 +28,9 @@ Two encoders (config ``encoder``):
   ImageNet-initialised EfficientNet-Lite0 above, its pooled features plus the colour
   statistics feed one hidden-layer head.
 - ``"stats"``: no CNN. The heads see only ``global_colour_features`` of the view
-  (histograms, joint histogram, quantiles, per-luminance-band tint, channel moments) and
-  are an MLP with ``stats_layers`` hidden layers of ``stats_hidden`` units. About 100×
+  (histograms, joint histogram, quantiles, per-luminance-band tint, channel moments),
+  standardised with a mean/scale fitted on training views, and are an MLP with
+  ``stats_layers`` hidden layers of ``stats_hidden`` units. About 100×
   cheaper per training step, so a CPU run sees tens of thousands of looks instead of
   ~1200 and generalises to unseen photographs (docs/stylize.md has the measured numbers).
 
@@ -98,8 +99,8 @@ class DNCM(nn.Module):
     encoder="efficientnet", stats_hidden=512, stats_layers=2, dropout=0.0)``.
 
     ``encoder="stats"``: the heads see only ``global_colour_features(view, hist_bins)``
-    (``hist_bins`` >= 2) through an MLP of ``stats_layers`` hidden layers of
-    ``stats_hidden`` units (dropout ``dropout`` between them, training only);
+    (``hist_bins`` >= 2), standardised by ``StatsEncoder``'s saved mean/scale, through an
+    MLP of ``stats_layers`` hidden layers of ``stats_hidden`` units (dropout ``dropout`` between them, training only);
     ``freeze_encoder`` is then a no-op (there is nothing to freeze).
 
     - ``encode(x) -> (d, r)``: ``x`` ``(B, 3, H, W)`` in [0, 1] → two ``(B, k, k)``;
