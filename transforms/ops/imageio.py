@@ -174,7 +174,8 @@ def extension(fmt: str) -> str:
 
 def to_float(pixels: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) → torch float32 (3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0)
+    a = pixels if pixels.flags.writeable and pixels.flags.c_contiguous else np.array(pixels)  # torch wants writable
+    return torch.from_numpy(a).permute(2, 0, 1).float().div_(255.0)
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
