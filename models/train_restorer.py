@@ -1,5 +1,8 @@
 """``chromabeam train restorer PAIRS WEIGHTS_OUT``: train the filter-removal Restorer on
-``synth-pairs --mode removal`` output (input = filtered, target = original).
+``synth-pairs --mode removal`` output (input = filtered, target = original), or, with
+PAIRS = ``photos:CACHE``, on pairs made on the fly from the TRAIN photos (``PhotoLooks``;
+what the shipped weights used). The defaults are the shipped recipe's (docs/restorer.md):
+the colour-statistics encoder, batch 32 of 128² crops scored on a 64² downscale.
 
 Loss: L1(RGB) + ``w_lab`` · L1(CIELAB)/100 (the colour term: equal steps in Lab are
 roughly equal perceived differences) + ``w_ssim`` · (1 − mean SSIM map).
@@ -9,11 +12,12 @@ encoder then sees what it sees at inference (a whole image squeezed into its squ
 view), not only 1:1 details. Input and target get the same crop and resize, so they stay
 aligned.
 
-Encoder: ``--freeze all`` (default) keeps the ImageNet EfficientNet-Lite0 fixed (eval
+EfficientNet encoder (``--model-config '{"encoder": "efficientnet"}'``): ``--freeze all``
+(default) keeps the ImageNet EfficientNet-Lite0 fixed (eval
 mode, no gradients) and trains the heads, the LUT basis and the guide, with colour
 statistics of the view (``hist_bins``) feeding the heads; ``early`` freezes the stem and
-the first 3 blocks; ``none`` fine-tunes everything. Measured on one CPU core (see
-docs/restorer.md): ``all`` runs a step in about a third of the time of ``none`` and
+the first 3 blocks; ``none`` fine-tunes everything. Measured on one CPU core (session 1,
+summarised in docs/restorer.md): ``all`` runs a step in about a third of the time of ``none`` and
 learns faster per CPU-minute.
 
 Checkpoints (``--checkpoint-dir``, default ``WEIGHTS_OUT/checkpoint``): ``model.safetensors``,
@@ -68,9 +72,9 @@ _EARLY_BLOCKS = 3  # stem + blocks 0..2 (stride-4 features)
 class TrainConfig:
     """Training settings (all JSON-able; stored in the checkpoint and the model card)."""
 
-    steps: int = 2000
-    batch: int = 8
-    crop: int = 256
+    steps: int = 4000
+    batch: int = 32
+    crop: int = 128
     lr: float = 2e-3
     lr_min_ratio: float = 0.05  # cosine decay to lr * this
     weight_decay: float = 0.0
@@ -82,8 +86,10 @@ class TrainConfig:
     log_every: int = 25
     checkpoint_every: int = 100
     max_side: int = 768  # pairs are decoded at most this large
-    loss_size: int = 0  # > 0: apply and score on a downscale of the crop (see train)
-    model: dict = dataclasses.field(default_factory=lambda: {"hist_bins": 16})
+    loss_size: int = 64  # > 0 (and < crop): apply and score on a downscale of the crop (see train)
+    # the shipped recipe's model (docs/restorer.md); {"encoder": "efficientnet"} for the CNN one
+    model: dict = dataclasses.field(default_factory=lambda: {
+        "encoder": "stats", "view_size": 128, "width": 128, "lut_basis": 16, "hist_bins": 16})
     pretrained: bool = True
 
     def __post_init__(self):
