@@ -10,8 +10,8 @@ saved), each content image is encoded and normalised once, and every (image, sty
 combination is one application: by default nDNCM∘sDNCM folded into one 65³ LUT applied
 to the decoded 8-bit pixels by Pillow (``stylize_handler.apply_dncm_lut``); with
 ``--exact`` Z at full resolution in float, then sDNCM. N styles give N output images and
-manifest rows per input, each with ``style`` set and the weights' sha256. A record that cannot be read
-gives one error row per style.
+manifest rows per input, each with ``style`` set and the weights' sha256. A record that
+cannot be read gives one error row per style.
 """
 from __future__ import annotations
 
