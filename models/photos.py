@@ -18,6 +18,7 @@ generalisation to unseen photographs.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import io
@@ -160,18 +161,25 @@ def locate(photo: Photo, cache: str) -> str:
     return os.path.join(cache, photo.source.split(":", 1)[1], photo.path.split("#", 1)[0].lstrip("/"))
 
 
+@functools.lru_cache(maxsize=2)
+def _webp_blobs(bundle: str) -> tuple[bytes, ...]:
+    """Every RIFF/WebP image stored in ``bundle``, in order: read and scanned once per
+    bundle, however many of its photos are loaded (photos are loaded bundle by bundle)."""
+    data = open(bundle, "rb").read()
+    return tuple(data[m.start(): m.start() + 8 + struct.unpack("<I", m.group(1))[0]]
+                 for m in re.finditer(rb"RIFF(....)WEBP", data, re.S))
+
+
 def _embedded_webp(bundle: str, ordinal: int, sha_prefix: str) -> bytes:
     """The ``ordinal``-th RIFF/WebP image stored in ``bundle``, checked against its hash."""
-    data = open(bundle, "rb").read()
-    for k, m in enumerate(re.finditer(rb"RIFF(....)WEBP", data, re.S)):
-        if k == ordinal:
-            blob = data[m.start(): m.start() + 8 + struct.unpack("<I", m.group(1))[0]]
-            got = hashlib.sha256(blob).hexdigest()
-            if not got.startswith(sha_prefix):
-                raise ValueError(f"{bundle}: WebP image #{ordinal} has sha256 {got[:12]}, the catalogue expects "
-                                 f"{sha_prefix}: the package changed; re-pick its photos")
-            return blob
-    raise ValueError(f"{bundle}: has no WebP image #{ordinal}: the package changed; re-pick its photos")
+    blobs = _webp_blobs(bundle)
+    if ordinal >= len(blobs):
+        raise ValueError(f"{bundle}: has no WebP image #{ordinal}: the package changed; re-pick its photos")
+    got = hashlib.sha256(blobs[ordinal]).hexdigest()
+    if not got.startswith(sha_prefix):
+        raise ValueError(f"{bundle}: WebP image #{ordinal} has sha256 {got[:12]}, the catalogue expects "
+                         f"{sha_prefix}: the package changed; re-pick its photos")
+    return blobs[ordinal]
 
 
 def load(photo: Photo, cache: str, max_side: int | None = None) -> np.ndarray:

@@ -46,6 +46,7 @@ from chromabeam.models.restorer import Restorer
 from chromabeam.transforms import storage
 from chromabeam.transforms.devices import resolve_device
 from chromabeam.transforms.ops.color import rgb_to_lab
+from chromabeam.transforms.ops.imageio import to_float
 from chromabeam.transforms.ops.metrics import ssim_map
 
 __all__ = [
@@ -242,7 +243,7 @@ class PhotoLooks:
 
         xs, ys = [], []
         for _ in range(batch):
-            y = _float(np.ascontiguousarray(self.clean(rng, size)))
+            y = _float(self.clean(rng, size))
             spec = sample_transform(self.config, rng)
             if spec["family"] != "identity" and rng.random() < 0.5:
                 spec["strength"] = 1.0
@@ -262,7 +263,7 @@ def _downscale(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _float(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).unsqueeze(0).float().div_(255)
+    return to_float(a).unsqueeze(0)
 
 
 def _u8(x: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from chromabeam.transforms.devices import resolve_device
+from chromabeam.transforms.ops.imageio import to_uint8
 from chromabeam.transforms.ops.pixels8 import add_smooth_residual, lut_uint8, resize_uint8
 
 __all__ = ["RestoreInput", "RestoreModelHandler", "restore_pixels", "restore_pixels_fast"]
@@ -65,13 +66,14 @@ def restore_pixels(model: torch.nn.Module, images: Sequence[np.ndarray], device:
         for i, x in enumerate(xs):
             y = model.apply(x, luts[i:i + 1], grids[i:i + 1])
             del x
-            out.append(_to_uint8(y))
+            out.append(to_uint8(y[0]))
             xs[i] = None
     return out
 
 
 def _float(im: np.ndarray, device: torch.device) -> torch.Tensor:
-    a = im if im.flags.writeable and im.flags.c_contiguous else np.array(im)  # torch wants a writable buffer
+    # uint8 crosses to the device (a quarter of float32's bytes); to_float's copy rule
+    a = im if im.flags.writeable and im.flags.c_contiguous else np.array(im)
     return torch.from_numpy(a).to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255)
 
 
@@ -97,7 +99,7 @@ def restore_pixels_fast(model: torch.nn.Module, images: Sequence[np.ndarray], de
             lut, grid = luts[i:i + 1], grids[i:i + 1]
             h, w = im.shape[:2]
             if max(h, w) <= low_side:
-                out.append(_to_uint8(model.apply(_float(im, device), lut, grid)))
+                out.append(to_uint8(model.apply(_float(im, device), lut, grid)[0]))
                 continue
             table = lut[0].permute(1, 2, 3, 0).cpu().numpy()  # (3, b, g, r) → (b, g, r, 3)
             if max(small.shape[:2]) > low_side:
@@ -109,10 +111,6 @@ def restore_pixels_fast(model: torch.nn.Module, images: Sequence[np.ndarray], de
                 im = add_smooth_residual(im, local)
             out.append(lut_uint8(im, table))
     return out
-
-
-def _to_uint8(y: torch.Tensor) -> np.ndarray:
-    return y[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 class RestoreModelHandler(ModelHandler[RestoreInput, PredictionResult, torch.nn.Module]):

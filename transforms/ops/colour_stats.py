@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .color import rgb_to_luma
 from .style import curve_basis
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
 _JOINT_BINS = 4
 _QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 _LUMA_BANDS = 8
-_LUMA_709 = (0.2126, 0.7152, 0.0722)
 CELL_FEATURES = 7
 
 
@@ -69,11 +69,6 @@ def global_feature_count(bins: int) -> int:
     return 3 * bins + _JOINT_BINS ** 3 + 3 * len(_QUANTILES) + 4 * _LUMA_BANDS + 9
 
 
-def _luma(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(_LUMA_709, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(dim=1, keepdim=True)
-
-
 def global_colour_features(view: torch.Tensor, bins: int = 16) -> torch.Tensor:
     """``(B, 3, H, W)`` → ``(B, global_feature_count(bins))``: ``colour_statistics``, the
     per-channel quantiles (black/white points, mid-tones), each luminance band's mass and
@@ -86,7 +81,7 @@ def global_colour_features(view: torch.Tensor, bins: int = 16) -> torch.Tensor:
     flat = x.reshape(b, 3, -1)
     q = torch.tensor(_QUANTILES, dtype=x.dtype, device=x.device)
     quant = torch.quantile(flat, q, dim=2).permute(1, 2, 0).reshape(b, -1)  # (B, 3·nq)
-    y = _luma(x).reshape(b, 1, -1)
+    y = rgb_to_luma(x).reshape(b, 1, -1)
     centres = torch.arange(_LUMA_BANDS, dtype=x.dtype, device=x.device).view(1, -1, 1)
     bands = F.relu(1.0 - (y * (_LUMA_BANDS - 1) - centres).abs())  # (B, L, N) soft memberships
     mass = bands.mean(dim=2)  # (B, L)
@@ -107,7 +102,7 @@ def cell_colour_features(view: torch.Tensor, grid: int) -> torch.Tensor:
         raise ValueError(f"cell_colour_features: grid must be >= 1, got {grid}")
     x = view.clamp(0, 1)
     mean = F.adaptive_avg_pool2d(x, grid)
-    y = _luma(x)
+    y = rgb_to_luma(x)
     spread = (F.adaptive_avg_pool2d(y * y, grid) - F.adaptive_avg_pool2d(y, grid) ** 2).clamp_min(0).sqrt()
     offset = mean - x.mean(dim=(2, 3), keepdim=True)
     return torch.cat([mean, offset * 4.0, spread * 4.0], dim=1)
