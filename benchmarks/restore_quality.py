@@ -39,6 +39,7 @@ from chromabeam.models.registry import build_model
 from chromabeam.transforms.ops.dncm import lut3d_apply
 from chromabeam.transforms.ops.filters import IFFI_FILTERS, apply_filter
 from chromabeam.transforms.ops.grades import apply_grade, sample_grade
+from chromabeam.transforms.ops.lut import fit_lut_from_pairs
 from chromabeam.transforms.ops.metrics import compute_metrics
 
 LUT_SIZE = 33
@@ -57,39 +58,6 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 def _q8(x: torch.Tensor) -> torch.Tensor:
     """Round to 8 bits, as a saved image would be."""
     return x.clamp(0, 1).mul(255).round().div(255)
-
-
-def fit_inverse_lut(pairs: list[tuple[torch.Tensor, torch.Tensor]], size: int = LUT_SIZE) -> torch.Tensor:
-    """A ``(3, S, S, S)`` LUT (``[c, b, g, r]``, lut3d_apply's layout) mapping filtered
-    colours to original ones: every pixel's original colour is splatted trilinearly at its
-    filtered colour; cells nothing landed near take their nearest filled cell's value."""
-    from scipy.ndimage import distance_transform_edt
-
-    s = size
-    acc = torch.zeros(3, s ** 3, dtype=torch.float64)
-    wsum = torch.zeros(s ** 3, dtype=torch.float64)
-    for filtered, original in pairs:
-        f = filtered.reshape(3, -1).double().clamp(0, 1) * (s - 1)
-        o = original.reshape(3, -1).double()
-        base = f.floor().clamp(max=s - 2)
-        frac = f - base
-        base = base.long()
-        for dr in (0, 1):
-            for dg in (0, 1):
-                for db in (0, 1):
-                    w = ((frac[0] if dr else 1 - frac[0]) * (frac[1] if dg else 1 - frac[1])
-                         * (frac[2] if db else 1 - frac[2]))
-                    idx = ((base[2] + db) * s + (base[1] + dg)) * s + (base[0] + dr)
-                    wsum.index_add_(0, idx, w)
-                    acc.index_add_(1, idx, o * w)
-    filled = wsum > 1e-3
-    lut = torch.where(filled, acc / wsum.clamp(min=1e-12), torch.zeros(()))
-    lut = lut.reshape(3, s, s, s).numpy()
-    empty = ~filled.reshape(s, s, s).numpy()
-    if empty.any():
-        _, (ib, ig, ir) = distance_transform_edt(empty, return_indices=True)
-        lut = lut[:, ib, ig, ir]
-    return torch.from_numpy(lut).float()
 
 
 def _mean_metrics(rows: list[dict]) -> dict:
@@ -119,7 +87,7 @@ def run(weights: str | None, size: int, grades_per_photo: int, fit_side: int, lo
             return model(x)
 
     def evaluate(look_name, look, inputs_for):
-        lut = fit_inverse_lut([(_q8(look(t)), t) for t in train_imgs])
+        lut = fit_lut_from_pairs([(_q8(look(t)), t) for t in train_imgs], LUT_SIZE)
         rows = []
         for name, clean in inputs_for:
             x = _q8(look(clean))

@@ -8,10 +8,12 @@ as mean PSNR (dB) and CIEDE2000 over all (G, Y, X) triples, for:
 - ``identity``: doing nothing (X itself);
 - ``reinhard``: Reinhard et al. 2001 colour transfer — per-channel mean/std matching in
   CIELAB (the classic global baseline), implemented here;
-- ``dncm``: each ``--weights`` file (content Z computed once per X, r once per S).
+- ``dncm``: each ``--weights`` file (content Z computed once per X, r once per S);
+- ``look``: ``stylize --method look`` — S's look fitted once with each ``--look-weights``
+  restorer (``transforms.look_handler.fit_look`` on S in 8 bits), applied to X as a LUT.
 
-    python benchmarks/stylize_quality.py [--weights A.safetensors B.safetensors] [--max-side 256]
-        [--refs N (default 4; 0: all)] [--json out.json]
+    python benchmarks/stylize_quality.py [--weights A.safetensors B.safetensors] [--look-weights R.safetensors]
+        [--max-side 256] [--refs N (default 4; 0: all)] [--json out.json]
 
 Training never sees EVAL photos; the grade families are the same as training's (filters,
 procedural grades), so this measures generalisation to unseen photographs, not unseen
@@ -83,10 +85,16 @@ def load_eval(max_side: int) -> list[tuple[str, torch.Tensor]]:
             for p in ev]
 
 
-def evaluate(weights: list[str], max_side: int = 256, refs: int | None = 4, n_procedural: int = 5) -> dict:
+def evaluate(weights: list[str], max_side: int = 256, refs: int | None = 4, n_procedural: int = 5,
+             look_weights: list[str] = ()) -> dict:
+    from chromabeam.transforms.look_handler import fit_look
+    from chromabeam.transforms.ops.imageio import to_uint8
+    from chromabeam.transforms.ops.lut import apply_lut
+
     images = load_eval(max_side)
     looks = grades(n_procedural)
     models = {os.path.basename(w): build_model(w, "cpu") for w in weights}
+    restorers = {f"look ({os.path.basename(w)})": build_model(w, "cpu") for w in look_weights}
     scores: dict[str, dict[str, list]] = {}
     per_look: dict[str, dict[str, list]] = {}
     oracle: dict[str, list] = {}
@@ -107,6 +115,7 @@ def evaluate(weights: list[str], max_side: int = 256, refs: int | None = 4, n_pr
             for yi in range(len(images) if not refs else min(refs, len(images))):
                 S = graded[yi]
                 r = {m: model.encode(S)[1] for m, model in models.items()}
+                fitted = {m: torch.from_numpy(fit_look(R, to_uint8(S[0]))) for m, R in restorers.items()}
                 for xi, (_, X) in enumerate(images):
                     if xi == yi:
                         continue
@@ -114,6 +123,8 @@ def evaluate(weights: list[str], max_side: int = 256, refs: int | None = 4, n_pr
                     cands = {"identity": X, "reinhard": reinhard(X, S)}
                     for m, model in models.items():
                         cands[m] = model.stylize(Zs[m][xi], r[m]).clamp(0, 1)
+                    for m, table in fitted.items():
+                        cands[m] = apply_lut(X, table, method="volume")
                     for method, out in cands.items():
                         add(method, look[0], float(psnr(out, T)), float(delta_e2000(out, T)))
     mean = lambda v: round(float(np.mean(v)), 3)  # noqa: E731
@@ -152,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", nargs="*", default=None, help="DNCM safetensors (default: the shipped weights)")
+    ap.add_argument("--look-weights", nargs="*", default=None,
+                    help="restorer safetensors for the look method (default: the shipped restorer; none: skip)")
     ap.add_argument("--max-side", type=int, default=256)
     ap.add_argument("--refs", type=int, default=4, help="the first N EVAL photos serve as references (0: all 13)")
     ap.add_argument("--procedural", type=int, default=5, help="procedural grades besides the 7 filters")
@@ -161,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         from chromabeam.transforms.stylize_handler import default_weights
 
         args.weights = [default_weights()]
+    if args.look_weights is None:
+        from chromabeam.pipelines.restore import default_weights as restorer_weights
+
+        args.look_weights = [restorer_weights()[0]]
     t0 = time.time()
-    result = evaluate(args.weights, args.max_side, args.refs, args.procedural)
+    result = evaluate(args.weights, args.max_side, args.refs, args.procedural, args.look_weights)
     result["seconds"] = round(time.time() - t0, 1)
     print(table(result))
     print(f"\n({result['seconds']} s)")

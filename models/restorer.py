@@ -62,6 +62,7 @@ __all__ = ["Restorer", "soft_histogram"]
 _LUMA_709 = (0.2126, 0.7152, 0.0722)
 ENCODERS = ("efficientnet", "stats")
 _STATS_HIDDEN = 256
+_BANK_HIDDEN = 512
 
 
 def soft_histogram(x: torch.Tensor, bins: int) -> torch.Tensor:
@@ -98,6 +99,7 @@ class Restorer(nn.Module):
         hist_bins: int = 0,
         encoder: str = "efficientnet",
         pretrained: bool = True,
+        bank: int = 0,
     ):
         super().__init__()
         if (lut_size < 2 or lut_basis < 1 or grid_size < 1 or grid_bins < 1 or view_size < 32 or width < 1
@@ -109,6 +111,8 @@ class Restorer(nn.Module):
             )
         if encoder not in ENCODERS:
             raise ValueError(f"Restorer: encoder must be one of {ENCODERS}, got {encoder!r}")
+        if bank < 0:
+            raise ValueError(f"Restorer: bank must be >= 0, got {bank}")
         self.encoder_kind = encoder
         self.lut_size, self.lut_basis_count = int(lut_size), int(lut_basis)
         self.grid_size, self.grid_bins = int(grid_size), int(grid_bins)
@@ -151,6 +155,24 @@ class Restorer(nn.Module):
         with torch.no_grad():
             self.guide.weight.copy_(torch.tensor(_LUMA_709).view(1, 3, 1, 1))
             self.guide.bias.zero_()
+        self.bank_size = int(bank)
+        if self.bank_size:
+            # The filter bank: fixed inverse LUTs (as residuals from the identity) and a
+            # classifier on the view's standardised colour statistics → "which filter, how
+            # strong" (class 0: none). Set by ``set_bank``; trained apart (train_restorer).
+            n_feat = global_feature_count(self.hist_bins or 16)
+            self.register_buffer("bank_luts", torch.zeros(self.bank_size, 3, lut_size, lut_size, lut_size))
+            self.register_buffer("bank_mean", torch.zeros(n_feat))
+            self.register_buffer("bank_scale", torch.ones(n_feat))
+            self.bank_head = nn.Sequential(
+                nn.Linear(n_feat, _BANK_HIDDEN), nn.ReLU(), nn.Dropout(0.2),
+                nn.Linear(_BANK_HIDDEN, _BANK_HIDDEN), nn.ReLU(), nn.Dropout(0.2),
+                nn.Linear(_BANK_HIDDEN, 1 + 2 * self.bank_size),
+            )
+            nn.init.zeros_(self.bank_head[-1].weight)
+            with torch.no_grad():  # untrained: "no filter" with certainty → the bank adds nothing
+                self.bank_head[-1].bias.zero_()
+                self.bank_head[-1].bias[0] = 20.0
         self.register_buffer("_lut_identity", lut3d_identity(lut_size).unsqueeze(0), persistent=False)
         self.register_buffer(
             "_grid_identity", affine_identity_grid(grid_bins, grid_size, grid_size), persistent=False
@@ -169,6 +191,7 @@ class Restorer(nn.Module):
             "width": self.width,
             "hist_bins": self.hist_bins,
             "encoder": self.encoder_kind,
+            **({"bank": self.bank_size} if self.bank_size else {}),
         }
 
     @staticmethod
@@ -203,6 +226,9 @@ class Restorer(nn.Module):
         g = self.global_fc(pooled)
         w = self.lut_weights(g)  # (B, n_basis)
         lut = self._lut_identity + torch.einsum("bn,ncdhw->bcdhw", w, self.lut_basis)
+        if self.bank_size:
+            feats = pooled if stats else global_colour_features(view, self.hist_bins or 16)
+            lut = lut + torch.einsum("bn,ncdhw->bcdhw", self.bank_weights(feats), self.bank_luts)
 
         gs = self.grid_size
         if f16.shape[-2:] != (gs, gs):
@@ -213,6 +239,29 @@ class Restorer(nn.Module):
         delta = self.grid_head(F.relu(local))  # (B, 12*D, G, G)
         grid = self._grid_identity + delta.view(view.shape[0], 12, self.grid_bins, gs, gs)
         return lut, grid
+
+    def bank_logits(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global colour features ``(B, F)`` → (class logits ``(B, 1 + bank)``, class 0 = no
+        filter; strength logits ``(B, bank)``)."""
+        out = self.bank_head((feats - self.bank_mean) / self.bank_scale)
+        return out[:, : 1 + self.bank_size], out[:, 1 + self.bank_size:]
+
+    def bank_weights(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(B, F)`` → each bank LUT's weight ``(B, bank)``: P(filter) · predicted strength."""
+        logits, strength = self.bank_logits(feats)
+        return logits.softmax(dim=1)[:, 1:] * torch.sigmoid(strength)
+
+    def set_bank(self, tables: torch.Tensor, feature_mean: torch.Tensor, feature_scale: torch.Tensor) -> None:
+        """Install the bank: ``tables`` ``(bank, 3, S, S, S)`` full LUTs (``lut3d_apply``'s
+        layout; stored as residuals from the identity) and the standardisation of the
+        classifier's features."""
+        s = self.lut_size
+        if tuple(tables.shape) != (self.bank_size, 3, s, s, s):
+            raise ValueError(f"Restorer.set_bank: tables must be ({self.bank_size}, 3, {s}, {s}, {s}), got {tuple(tables.shape)}")
+        with torch.no_grad():
+            self.bank_luts.copy_(tables.to(self.bank_luts) - self._lut_identity)
+            self.bank_mean.copy_(feature_mean)
+            self.bank_scale.copy_(feature_scale)
 
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 3, H, W)`` → LUT ``(B, 3, S, S, S)`` and grid ``(B, 12, D, G, G)``."""

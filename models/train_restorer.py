@@ -239,9 +239,14 @@ class PhotoLooks:
         return np.concatenate([np.concatenate(q[:2], axis=1), np.concatenate(q[2:], axis=1)], axis=0)[:size, :size]
 
     def sample(self, batch: int, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, _ = self.sample_with_specs(batch, size, rng)
+        return x, y
+
+    def sample_with_specs(self, batch: int, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """``sample`` plus each pair's transform spec (what the filter-bank classifier learns)."""
         from chromabeam.transforms.ops.synth import apply_transform, sample_transform
 
-        xs, ys = [], []
+        xs, ys, specs = [], [], []
         for _ in range(batch):
             y = _float(self.clean(rng, size))
             spec = sample_transform(self.config, rng)
@@ -252,10 +257,98 @@ class PhotoLooks:
             x = apply_transform(y, spec).clamp(0, 1).mul(255).round().div(255)
             xs.append(x)
             ys.append(y)
-        return torch.cat(xs), torch.cat(ys)
+            specs.append(spec)
+        return torch.cat(xs), torch.cat(ys), specs
 
     def sources(self) -> list[str]:
         return list(self.names)
+
+
+def inverse_filter_tables(images: list[np.ndarray], filters: list[str], size: int, *, side: int = 256,
+                          log_fn: Callable[[str], None] | None = None) -> torch.Tensor:
+    """For each filter, the LUT ``(3, size, size, size)`` that best maps its output back to
+    the original colours over ``images`` (uint8 ``(H, W, 3)`` photos, each resized to
+    ``side``², the filter at full strength, 8-bit rounded like a saved file):
+    ``(len(filters), 3, size, size, size)``, the seed of ``Restorer.extend_basis``.
+    Only training photos go in; the benchmark's eval photos never do."""
+    from chromabeam.transforms.ops.filters import apply_filter
+    from chromabeam.transforms.ops.lut import fit_lut_from_pairs
+
+    clean = torch.cat([_float(_resize(a, side)) for a in images])
+    tables = []
+    for i, name in enumerate(filters):
+        filtered = apply_filter(clean, name, 1.0).clamp(0, 1).mul(255).round().div(255)
+        tables.append(fit_lut_from_pairs([(filtered, clean)], size))
+        if log_fn:
+            log_fn(f"inverse of {name} fitted on {len(images)} photos ({i + 1}/{len(filters)})")
+    return torch.stack(tables)
+
+
+def bank_dataset(model: Restorer, looks: "PhotoLooks", filters: list[str], samples: int, crop: int,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``samples`` fresh looks on TRAIN crops → (the global colour features the model's
+    view gives ``(N, F)``, class ``(N,)`` — 1 + the filter's index, 0 for anything else —,
+    strength ``(N,)``)."""
+    from chromabeam.transforms.ops.colour_stats import global_colour_features
+
+    feats, labels, strengths = [], [], []
+    while len(labels) < samples:
+        x, _, specs = looks.sample_with_specs(min(64, samples - len(labels)), crop, rng)
+        with torch.no_grad():
+            feats.append(global_colour_features(model.view(x), model.hist_bins or 16))
+        labels += [filters.index(sp["id"]) + 1 if sp["family"] == "filter" else 0 for sp in specs]
+        strengths += [float(sp["strength"]) for sp in specs]
+    return torch.cat(feats), torch.tensor(labels), torch.tensor(strengths, dtype=torch.float32)
+
+
+def train_bank(model: Restorer, feats: torch.Tensor, labels: torch.Tensor, strengths: torch.Tensor, *,
+               epochs: int = 30, lr: float = 1e-3, seed: int = 0, holdout: float = 0.1,
+               log_fn: Callable[[str], None] | None = None) -> dict:
+    """Fit the filter-bank classifier of ``model`` (its bank LUTs already set): feature
+    standardisation from ``feats``, then cross-entropy on the class + 5 · MSE of the
+    predicted strength of the true filter. The last ``holdout`` of the samples is kept
+    out and scored (top-1 accuracy). Returns {"train_accuracy", "holdout_accuracy", ...}."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    n_hold = int(len(labels) * holdout)
+    order = torch.randperm(len(labels), generator=g)
+    hold, fit = order[:n_hold], order[n_hold:]
+    mean, scale = feats[fit].mean(0), feats[fit].std(0).clamp_min(0.05)
+    with torch.no_grad():
+        model.bank_mean.copy_(mean)
+        model.bank_scale.copy_(scale)
+    params = list(model.bank_head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-3)
+    model.bank_head.train()
+
+    def accuracy(idx):
+        model.bank_head.eval()
+        with torch.no_grad():
+            logits, _ = model.bank_logits(feats[idx])
+        model.bank_head.train()
+        return float((logits.argmax(1) == labels[idx]).float().mean()) if len(idx) else float("nan")
+
+    for epoch in range(epochs):
+        perm = fit[torch.randperm(len(fit), generator=g)]
+        total = 0.0
+        for i in range(0, len(perm), 256):
+            b = perm[i:i + 256]
+            logits, strength = model.bank_logits(feats[b])
+            loss = F.cross_entropy(logits, labels[b])
+            is_filter = labels[b] > 0
+            if is_filter.any():
+                s = torch.sigmoid(strength[is_filter]).gather(1, (labels[b][is_filter] - 1)[:, None])[:, 0]
+                loss = loss + 5.0 * F.mse_loss(s, strengths[b][is_filter])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(b)
+        if log_fn and (epoch + 1) % 5 == 0:
+            log_fn(f"bank epoch {epoch + 1}/{epochs}: loss {total / len(fit):.4f}, holdout top-1 {accuracy(hold):.3f}")
+    model.bank_head.eval()
+    return {"samples": int(len(labels)), "epochs": epochs, "train_accuracy": round(accuracy(fit[:5000]), 4),
+            "holdout_accuracy": round(accuracy(hold), 4)}
 
 
 def _downscale(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -280,6 +373,8 @@ def _apply_freeze(model: Restorer, freeze: str) -> None:
         frozen = [enc._conv_stem, enc._bn0, *enc._blocks[:_EARLY_BLOCKS]]
     else:
         frozen = []
+    if model.bank_size:  # the filter bank is trained apart (train_bank); the image loss leaves it alone
+        frozen.append(model.bank_head)
     for m in frozen:
         m.requires_grad_(False)
     model._frozen_modules = frozen
@@ -513,6 +608,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="photos:CACHE only: share of looks that get light Harmonizer perturbations")
     g.add_argument("--init", metavar="WEIGHTS", default=None,
                    help="start from these restorer weights (fine-tuning; ignored when resuming a checkpoint)")
+    g.add_argument("--filter-bank", type=int, default=0, metavar="PHOTOS",
+                   help="photos:CACHE only: add the filter bank — the inverse of each of the 40 filters fitted on this "
+                        "many TRAIN photos, and a classifier trained apart on --bank-samples fresh looks — then train "
+                        "the rest with the image loss (0: off; ignored when resuming a checkpoint)")
+    g.add_argument("--bank-samples", type=int, default=30000, help="looks the bank classifier is trained on")
+    g.add_argument("--bank-epochs", type=int, default=30)
     g.add_argument("--card", default=None, help="JSON file merged into the model card (e.g. benchmark results)")
 
 
@@ -531,6 +632,37 @@ def _manifest_pairs(output: str) -> list[Pair]:
     empty = np.zeros((0, 0, 3), np.uint8)
     return [Pair(r["key"], r["pair_index"], empty, empty, r["transform"])
             for r in table.select(["key", "pair_index", "transform", "status"]).to_pylist() if r["status"] == "ok"]
+
+
+def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args: argparse.Namespace, *,
+               resuming: bool) -> tuple[Restorer, dict]:
+    """``init`` (or a fresh ``cfg.model``) with a filter bank of the 40 filters: inverse
+    LUTs fitted on ``args.filter_bank`` TRAIN photos spread over the catalogue, and the
+    classifier trained on ``args.bank_samples`` fresh looks. When resuming, only the
+    shape is built (the checkpoint holds the rest)."""
+    filters = list(looks.config.filters)
+    base = init if init is not None else Restorer(pretrained=cfg.pretrained, **_model_config(cfg))
+    config = {k: v for k, v in base.config.items() if k != "model"}
+    model = Restorer(**{**config, "bank": len(filters)}, pretrained=False)
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("bank") for k in missing):
+        raise ValueError(f"--filter-bank: cannot extend this model (missing {missing}, unexpected {unexpected})")
+    model.chunk_pixels = base.chunk_pixels
+    n_fit = min(args.filter_bank, len(looks))
+    spread = np.linspace(0, len(looks) - 1, n_fit).round().astype(int)  # every source, not just the first
+    info = {"filters": filters, "fit_photos": [looks.names[i] for i in spread], "fit_side": 256,
+            "classifier": {"samples": args.bank_samples, "epochs": args.bank_epochs, "crop": cfg.crop}}
+    if resuming:
+        return model, info
+    tables = inverse_filter_tables([looks.images[i] for i in spread], filters, model.lut_size, log_fn=log.info)
+    model.set_bank(tables, model.bank_mean, model.bank_scale)
+    t = time.time()
+    feats, labels, strengths = bank_dataset(model, looks, filters, args.bank_samples, cfg.crop,
+                                            np.random.default_rng(cfg.seed + 1))
+    log.info("bank: %d labelled looks in %.0f s", len(labels), time.time() - t)
+    info["classifier"].update(train_bank(model, feats, labels, strengths, epochs=args.bank_epochs, seed=cfg.seed,
+                                         log_fn=log.info))
+    return model, info
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -568,6 +700,11 @@ def train_command(args: argparse.Namespace) -> int:
         init = build_model(args.init, "cpu")
         if init.weights_config.get("model") != "restorer":
             raise ValueError(f"--init {storage.redact(args.init)} holds a {init.weights_config.get('model')!r} model")
+    bank_info = None
+    if args.filter_bank:
+        if not isinstance(pairs, PhotoLooks):
+            raise ValueError("--filter-bank needs PAIRS = photos:CACHE (it fits on the TRAIN photos)")
+        init, bank_info = _with_bank(init, cfg, pairs, args, resuming=_checkpoint_step(ckpt) > 0)
     model, state = train(pairs, cfg, ckpt, init=init)
     extra = json.loads(storage.read_bytes(args.card)) if args.card else {}
     card = {
@@ -576,6 +713,7 @@ def train_command(args: argparse.Namespace) -> int:
         "training_data": sources,
         "training_pairs": pair_info,
         "initialised_from": storage.redact(args.init) if args.init else None,
+        "filter_bank": bank_info,
         "training": {**state["config"], "seconds": round(state["seconds"], 1),
                      "final_losses": state["history"][-1] if state["history"] else None},
         "loss_history": state["history"],

@@ -1,6 +1,13 @@
-"""``chromabeam stylize INPUT OUTPUT --style REF[,REF…]``: DNCM colour style transfer.
+"""``chromabeam stylize INPUT OUTPUT --style REF[,REF…] [--method look|dncm]``: colour style transfer.
 
-Two-stage, as Neural Preset intends:
+``--method look`` (the default; ``transforms.look_handler``): each style is fitted once
+as a look LUT — the map from the restorer's estimate of the reference without its look
+to the reference — or read from a ``.cube``; content images need no model:
+
+    --style refs ─ Create ─ RunInference(LookHandler) ─ {style key: look LUT} ──┐ side input (AsDict)
+    INPUT ─ read ─ decode ─────────────────────────────────────────────── StylizeFn ─ N rows per image
+
+``--method dncm``: Neural Preset's DNCM, two-stage as the paper intends:
 
     --style refs ─ Create ─ RunInference(StyleHandler) ─ {style key: r, M_s} ──┐ side input (AsDict)
     INPUT ─ read ─ decode ─ RunInference(ContentHandler) ─ M_n (or Z) per image ─ StylizeFn ─ N rows per image
@@ -30,8 +37,10 @@ from chromabeam.transforms import storage
 from chromabeam.transforms.decode import decode_record
 from chromabeam.transforms.devices import DEVICES, DeviceError, resolve_device
 from chromabeam.transforms.ops.dncm import apply_color_matrix
-from chromabeam.transforms.ops.imageio import DEFAULT_MAX_PIXELS, encode_image, extension, to_uint8
+from chromabeam.transforms.ops.imageio import DEFAULT_MAX_PIXELS, encode_image, extension, to_float, to_uint8
+from chromabeam.transforms.ops.pixels8 import lut_uint8
 from chromabeam.transforms.ops.style import apply_curves
+from chromabeam.transforms.look_handler import LookHandler
 from chromabeam.transforms.read import ReadImages
 from chromabeam.transforms.stylize_handler import (
     ContentHandler, StyleHandler, StyleSource, apply_dncm_lut, apply_folded, default_weights, style_source,
@@ -39,7 +48,8 @@ from chromabeam.transforms.stylize_handler import (
 )
 
 TASK = "stylize"
-MODEL_NAME = "dncm"
+METHODS = ("look", "dncm")
+MODEL_NAMES = {"look": "look", "dncm": "dncm"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +63,11 @@ class StylizeOptions:
     quality: int = 95
     max_pixels: int = DEFAULT_MAX_PIXELS
     exact: bool = False
+    method: str = "look"  # weights: the restorer for "look", the DNCM for "dncm"
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise JobError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not self.styles:
             raise JobError("--style needs at least one reference image or preset")
         keys = [s.key for s in self.styles]
@@ -63,6 +76,17 @@ class StylizeOptions:
             raise JobError(f"--style: several styles share the key(s) {dup} (keys are file stems); rename one")
         if self.batch_size < 1:
             raise JobError("--batch-size must be at least 1")
+
+
+def apply_look(pixels: np.ndarray, lut: np.ndarray, *, exact: bool = False) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` through a look ``(S, S, S, 3)``: Pillow's 8-bit C LUT, or
+    (``exact``) trilinear in float torch, rounded once at the end."""
+    if not exact:
+        return lut_uint8(pixels, lut)
+    from chromabeam.transforms.ops.lut import apply_lut
+
+    with torch.inference_mode():
+        return to_uint8(apply_lut(to_float(pixels).unsqueeze(0), torch.as_tensor(lut), method="volume")[0])
 
 
 def stylize_pixels(pixels: np.ndarray, content, M_s: np.ndarray) -> np.ndarray:
@@ -98,33 +122,41 @@ class SplitDecodedFn(beam.DoFn):
 class ErrorRowsFn(beam.DoFn):
     """ReadError → one error row per style (every (image, style) has a row)."""
 
-    def __init__(self, *, style_keys: tuple[str, ...], sha256: str | None):
-        self._keys, self._sha = style_keys, sha256
+    def __init__(self, *, style_keys: tuple[str, ...], sha256: str | None, model_name: str):
+        self._keys, self._sha, self._model_name = style_keys, sha256, model_name
 
     def process(self, failure: ReadError):
         for key in self._keys:
             yield TaskResult(ManifestRow.error_row(
                 failure.key, TASK, failure.reason, source_uri=failure.source_uri, style=key,
-                model_name=MODEL_NAME, model_sha256=self._sha))
+                model_name=self._model_name, model_sha256=self._sha))
 
 
 class StylizeFn(beam.DoFn):
-    """(DecodedImage, Z) with the styles side input → one TaskResult per style."""
+    """DNCM: a PredictionResult (DecodedImage, M_n or Z); look: a DecodedImage — with the
+    styles side input → one TaskResult per style."""
 
-    def __init__(self, *, image_format: str, quality: int, weights_name: str):
+    def __init__(self, *, image_format: str, quality: int, weights_name: str, model_name: str = "dncm",
+                 model_sha256: str | None = None, exact: bool = False):
         self._ext, self._quality, self._weights_name = extension(image_format), quality, weights_name
+        self._model_name, self._sha, self._exact = model_name, model_sha256, exact
         self._outputs = beam.metrics.Metrics.counter("chromabeam", "stylized_images")
 
     def process(self, result, styles: dict):
-        image: DecodedImage = result.example
+        image: DecodedImage = result if isinstance(result, DecodedImage) else result.example
+        sha = self._sha if isinstance(result, DecodedImage) else result.model_id
         for key in sorted(styles):
             entry = styles[key]
-            data = encode_image(stylize_pixels(image.pixels, result.inference, entry.M), self._ext, self._quality)
+            if entry.lut is not None:
+                pixels = apply_look(image.pixels, entry.lut, exact=self._exact)
+            else:
+                pixels = stylize_pixels(image.pixels, result.inference, entry.M)
+            data = encode_image(pixels, self._ext, self._quality)
             params = {"style": key, "style_kind": entry.kind, "style_uri": storage.redact(entry.uri),
                       "weights": self._weights_name}
             row = ManifestRow(
                 key=image.key, task=TASK, source_uri=image.source_uri, width=image.width, height=image.height,
-                model_name=MODEL_NAME, model_sha256=result.model_id, params=to_json(params), style=key,
+                model_name=self._model_name, model_sha256=sha, params=to_json(params), style=key,
             )
             self._outputs.inc()
             yield TaskResult(row, (OutputImage(self._ext, data),))
@@ -140,38 +172,45 @@ class Stylize(beam.PTransform):
 
     def expand(self, units):
         o = self._o
+        look = o.method == "look"
         handler_kw = dict(weights=o.weights, expected_sha256=o.weights_sha256, device=o.device, batch_size=o.batch_size)
         styles = (
             units.pipeline
             | "Styles" >> beam.Create(list(o.styles))
-            | "EncodeStyles" >> RunInference(StyleHandler(**handler_kw))
+            | ("FitLooks" if look else "EncodeStyles") >> RunInference(
+                LookHandler(**handler_kw) if look else StyleHandler(**handler_kw))
             | "StyleByKey" >> beam.Map(lambda pr: (pr.inference.key, pr.inference))
         )
         split = units | "Decode" >> beam.ParDo(SplitDecodedFn(max_pixels=o.max_pixels)).with_outputs("errors", main="ok")
+        model_name = MODEL_NAMES[o.method]
         errors = split.errors | "ErrorRows" >> beam.ParDo(
-            ErrorRowsFn(style_keys=tuple(s.key for s in o.styles), sha256=o.weights_sha256))
-        stylized = (
-            split.ok
-            | "Normalize" >> RunInference(ContentHandler(output="z" if o.exact else "curves", **handler_kw))
-            | "ApplyStyles" >> beam.ParDo(
-                StylizeFn(image_format=o.image_format, quality=o.quality, weights_name=storage.basename(o.weights)),
-                styles=beam.pvalue.AsDict(styles))
-        )
+            ErrorRowsFn(style_keys=tuple(s.key for s in o.styles), sha256=o.weights_sha256, model_name=model_name))
+        contents = split.ok if look else (
+            split.ok | "Normalize" >> RunInference(ContentHandler(output="z" if o.exact else "curves", **handler_kw)))
+        stylized = contents | "ApplyStyles" >> beam.ParDo(
+            StylizeFn(image_format=o.image_format, quality=o.quality, weights_name=storage.basename(o.weights),
+                      model_name=model_name, model_sha256=o.weights_sha256, exact=o.exact),
+            styles=beam.pvalue.AsDict(styles))
         return (stylized, errors) | "AllRows" >> beam.Flatten()
 
 
-def parse_styles(text: str) -> tuple[StyleSource, ...]:
+def parse_styles(text: str, method: str = "dncm") -> tuple[StyleSource, ...]:
     refs = [s.strip() for s in (text or "").split(",") if s.strip()]
     if not refs:
         raise JobError("--style needs at least one reference image or preset")
     try:
-        return tuple(style_source(ref) for ref in refs)
+        return tuple(style_source(ref, method) for ref in refs)
     except (ValueError, OSError) as exc:
         raise JobError(f"--style: {exc}") from None
 
 
-def resolve_weights(url: str | None) -> tuple[str, str | None]:
-    """``--weights`` (default: the shipped weights) → (URL, expected full sha256 or None)."""
+def resolve_weights(url: str | None, method: str = "dncm") -> tuple[str, str | None]:
+    """``--weights`` (default: the shipped DNCM, or for ``look`` the shipped restorer) →
+    (URL, expected full sha256 or None)."""
+    if url is None and method == "look":
+        from chromabeam.pipelines.restore import default_weights as restorer_weights
+
+        return restorer_weights()
     if url is None:
         try:
             url = default_weights()
@@ -197,13 +236,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``stylize``'s own options (INPUT/OUTPUT and the common job options are there)."""
     g = parser.add_argument_group("stylize options")
     g.add_argument("--style", required=True, metavar="REF[,REF...]",
-                   help="reference image URLs, preset .json files or shipped preset names (warm, teal-orange, faded, mono)")
-    g.add_argument("--weights", metavar="URL", default=None, help="DNCM safetensors (default: the shipped weights)")
+                   help="reference image URLs, looks (.cube; --method look), DNCM presets (.json; --method dncm) "
+                        "or shipped preset names (warm, teal-orange, faded, mono)")
+    g.add_argument("--method", choices=METHODS, default="look",
+                   help="look: fit each reference's look with the restorer, apply it as a LUT (default; "
+                        "docs/stylize.md measures both); dncm: Neural Preset's DNCM")
+    g.add_argument("--weights", metavar="URL", default=None,
+                   help="the restorer (look) or DNCM (dncm) safetensors (default: the shipped weights)")
     g.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (cuda[:N]); CUDA where none exists is an error")
     g.add_argument("--batch-size", type=int, default=8, help="images per encoder batch")
     g.add_argument("--exact", action="store_true",
-                   help="apply the model in float at full resolution (Z, then sDNCM) instead of folding "
-                        "content and style into one 65³ LUT on the 8-bit pixels (faster; within a few levels)")
+                   help="apply in float at full resolution (look: the LUT in torch; dncm: Z, then sDNCM) instead "
+                        "of a LUT on the 8-bit pixels in Pillow (faster; within a few levels)")
 
 
 def options_from_args(args: argparse.Namespace) -> StylizeOptions:
@@ -211,9 +255,10 @@ def options_from_args(args: argparse.Namespace) -> StylizeOptions:
         resolve_device(args.device)
     except DeviceError as exc:
         raise JobError(str(exc)) from None
-    weights, sha = resolve_weights(args.weights)
+    method = getattr(args, "method", "look")
+    weights, sha = resolve_weights(args.weights, method)
     return StylizeOptions(
-        styles=parse_styles(args.style), weights=weights, weights_sha256=sha, device=args.device,
+        styles=parse_styles(args.style, method), weights=weights, weights_sha256=sha, device=args.device, method=method,
         batch_size=args.batch_size, image_format=getattr(args, "image_format", "jpg"),
         quality=getattr(args, "quality", 95), max_pixels=getattr(args, "max_pixels", DEFAULT_MAX_PIXELS),
         exact=bool(getattr(args, "exact", False)),
@@ -227,7 +272,7 @@ def command(args: argparse.Namespace, beam_args: list[str]) -> int:
         "input": storage.redact(args.input), "styles": [s.key for s in options.styles],
         "style_uris": [storage.redact(s.uri) for s in options.styles],
         "weights": storage.basename(options.weights), "weights_sha256": options.weights_sha256,
-        "device": args.device, "batch_size": options.batch_size,
+        "device": args.device, "batch_size": options.batch_size, "method": options.method,
         "image_format": options.image_format, "quality": options.quality, "exact": options.exact,
     }
     config = JobConfig(output=args.output.rstrip("/"), task=TASK, layout=getattr(args, "layout", "webdataset"),
@@ -240,13 +285,13 @@ def command(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def demo(output: str, beam_args: list[str]) -> dict:
-    """Stylize the bundled demo photos with the shipped presets and weights; returns the summary."""
+    """Stylize the bundled demo photos with the shipped looks (.cube presets); returns the summary."""
     from chromabeam.pipelines.demo import photos_url
     from chromabeam.pipelines.preset import shipped_presets
 
-    weights, sha = resolve_weights(None)
-    styles = tuple(style_source(url) for url in shipped_presets())
-    options = StylizeOptions(styles=styles, weights=weights, weights_sha256=sha, device="cpu")
+    weights, sha = resolve_weights(None, "look")
+    styles = tuple(style_source(url, "look") for url in shipped_presets("look"))
+    options = StylizeOptions(styles=styles, weights=weights, weights_sha256=sha, device="cpu", method="look")
     config = JobConfig(output=storage.join(output, "stylized"), task=TASK, overwrite=True,
                        params={"demo": True, "styles": [s.key for s in styles]})
     summary = run(photos_url(), config, options, beam_args)

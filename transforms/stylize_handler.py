@@ -100,29 +100,33 @@ def weights_sha256(url: str) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class StyleSource:
-    """A style to compute once: ``data`` (encoded reference image bytes) or ``r`` (a
-    preset's k×k matrix as nested lists, with the sha256 of the weights that made it)."""
+    """A style to compute once: ``data`` (encoded reference image bytes), ``r`` (a DNCM
+    preset's k×k matrix as nested lists, with the sha256 of the weights that made it) or
+    ``lut`` (a ``.cube`` look: ``(S, S, S, 3)`` float32, ``[b, g, r]``)."""
 
     key: str
     uri: str
     data: bytes | None = None
     r: tuple | None = None
     weights_sha256: str | None = None
+    lut: Any = dataclasses.field(default=None, compare=False)
 
     @property
     def kind(self) -> str:
-        return "image" if self.data is not None else "preset"
+        return "image" if self.data is not None else ("cube" if self.lut is not None else "preset")
 
 
 @dataclasses.dataclass(frozen=True)
 class StyleEntry:
-    """A computed style: ``r`` (k, k) and the folded stylization map ``M`` (3K, 3)."""
+    """A computed style: DNCM's ``r`` (k, k) and folded stylization map ``M`` (3K, 3), or
+    (``--method look``) the look ``lut`` ``(S, S, S, 3)`` — the others are None."""
 
     key: str
     uri: str
     kind: str
-    r: np.ndarray
-    M: np.ndarray
+    r: np.ndarray | None
+    M: np.ndarray | None
+    lut: np.ndarray | None = None
 
 
 def encoder_view(pixels: np.ndarray, size: int) -> torch.Tensor:
@@ -264,18 +268,44 @@ def read_preset(url: str) -> dict:
     return doc
 
 
-def style_source(ref: str) -> StyleSource:
-    """A ``--style`` reference → StyleSource: a ``.json`` preset, an image URL, or the
-    name of a shipped preset (``warm``, ``teal-orange``, …). Keys are file stems."""
+def read_look(url: str) -> np.ndarray:
+    """A ``.cube`` look → float32 ``(S, S, S, 3)`` (``[b, g, r]``, unit domain, S ≤ 65)."""
+    from chromabeam.transforms.ops.lut import parse_cube
+    from chromabeam.transforms.ops.pixels8 import MAX_LUT
+
+    try:
+        lut = parse_cube(storage.read_bytes(url).decode("utf-8"), storage.redact(url))
+    except UnicodeDecodeError:
+        raise ValueError(f"{storage.redact(url)} is not a .cube file (not UTF-8 text)") from None
+    table = np.asarray(lut.table, dtype=np.float32)
+    if table.shape[0] > MAX_LUT:
+        raise ValueError(f"{storage.redact(url)}: a {table.shape[0]}³ LUT; looks are applied by Pillow, "
+                         f"which takes at most {MAX_LUT}³")
+    if np.any(np.asarray(lut.domain_min) != 0) or np.any(np.asarray(lut.domain_max) != 1):
+        raise ValueError(f"{storage.redact(url)}: only LUTs on the unit domain (DOMAIN_MIN 0, DOMAIN_MAX 1) are looks")
+    return table
+
+
+def style_source(ref: str, method: str = "dncm") -> StyleSource:
+    """A ``--style`` reference → StyleSource: an image URL, a preset (``.json`` for
+    ``dncm``, ``.cube`` look for ``look``), or the name of a shipped preset (``warm``,
+    ``teal-orange``, …; the file for ``method``). Keys are file stems."""
     from chromabeam.pipelines.preset import shipped_preset
 
     url = ref
     if not storage.exists(ref):
-        shipped = shipped_preset(ref)
+        shipped = shipped_preset(ref, method)
         if shipped is None:
             raise ValueError(f"style {ref!r}: no such file, and not a shipped preset name")
         url = shipped
     key = storage.basename(url).rsplit(".", 1)[0]
+    if url.lower().endswith(".cube"):
+        if method != "look":
+            raise ValueError(f"style {storage.redact(url)}: a .cube look needs --method look")
+        return StyleSource(key, url, lut=read_look(url))
+    if url.lower().endswith(".json") and method == "look":
+        raise ValueError(f"style {storage.redact(url)}: a DNCM preset (.json) needs --method dncm "
+                         "(looks are .cube files: `chromabeam preset create REF OUT.cube`)")
     if url.lower().endswith(".json"):
         doc = read_preset(url)
         r = tuple(tuple(float(v) for v in row) for row in doc["r"])

@@ -1,4 +1,5 @@
-"""chromabeam stylize / preset: the two-stage pipeline with the shipped DNCM weights.
+"""chromabeam stylize --method dncm / preset .json: the two-stage pipeline with the shipped
+DNCM weights (the look method: test_stylize_look.py).
 
 Checks: N styles → N rows per image with ``style`` and the weights' sha256; the encoder
 runs once per content image and once per reference image (presets not at all), counted
@@ -20,7 +21,7 @@ from PIL import Image
 from chromabeam.pipelines import stylize
 from chromabeam.pipelines.demo import photos_url
 from chromabeam.pipelines.job import JobError, read_manifest
-from chromabeam.pipelines.preset import add_preset_arguments, create_preset, list_presets, preset_command
+from chromabeam.pipelines.preset import add_preset_arguments, create_preset, list_presets, preset_command, shipped_preset
 from chromabeam.schemas.records import DecodedImage
 from chromabeam.transforms import storage
 from chromabeam.transforms.devices import DeviceError
@@ -70,7 +71,7 @@ def _stylize_args(*argv):
     p.add_argument("input")
     p.add_argument("output")
     stylize.add_arguments(p)
-    args = p.parse_args(list(argv))
+    args = p.parse_args(["--method", "dncm", *argv])
     args.layout, args.image_format, args.quality, args.overwrite = "files", "png", 95, False
     args.shard_size, args.max_error_rate, args.max_pixels = 256, 0.5, 10**8
     return args
@@ -208,10 +209,12 @@ def test_preset_round_trip_skips_the_encoder_and_checks_weights(folder, handlers
 
 
 def test_shipped_presets_match_the_shipped_weights():
-    names = {p["name"]: p for p in list_presets(os.path.join(os.path.dirname(WEIGHTS), "..", "presets"))}
+    listed = list_presets(os.path.join(os.path.dirname(WEIGHTS), "..", "presets"))
+    names = {p["name"]: p for p in listed if p["kind"] == "dncm"}
     assert {"warm", "teal-orange", "faded", "mono"} <= set(names)
     assert all(p["weights_sha256"] == SHA for p in names.values())
     assert style_source("warm").key == "warm"  # a bare shipped name resolves
+    assert style_source("warm").uri.endswith("warm.json") and style_source("warm", "look").uri.endswith("warm.cube")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where no CUDA device exists")
@@ -227,5 +230,9 @@ def test_cuda_requested_without_cuda_is_an_error(folder, tmp_path):
 def test_bad_style_arguments_are_job_errors(folder, tmp_path):
     with pytest.raises(JobError, match="not a shipped preset"):
         stylize.parse_styles("no-such-style")
+    with pytest.raises(JobError, match="needs --method look"):  # a .cube look is not a DNCM style
+        stylize.parse_styles(shipped_preset("warm", "look"), "dncm")
+    with pytest.raises(JobError, match="needs --method dncm"):  # nor a DNCM preset a look
+        stylize.parse_styles(shipped_preset("warm", "dncm"), "look")
     with pytest.raises(JobError, match="share the key"):
         stylize.StylizeOptions(styles=stylize.parse_styles(f"{folder / 'warm.png'},warm"), weights=WEIGHTS)

@@ -32,6 +32,7 @@ __all__ = [
     "apply_lut_tetrahedral",
     "lut_from_function",
     "hald_lattice",
+    "fit_lut_from_pairs",
 ]
 
 MAX_CUBE_SIZE = 256  # the .cube specification's upper bound for LUT_3D_SIZE
@@ -261,6 +262,61 @@ def lut_from_function(fn: Callable[[torch.Tensor], torch.Tensor], size: int = 33
         )
     table = out.detach().to("cpu", torch.float32)[0].permute(1, 2, 0).reshape(size, size, size, 3)
     return LUT3D(table.numpy().copy(), title=title)
+
+
+def fit_lut_from_pairs(pairs, size: int = 33) -> torch.Tensor:
+    """Least-squares-style fit of the colour map that takes each ``source`` to its
+    ``target``: ``pairs`` is an iterable of aligned ``(source, target)`` float images
+    ``(B, 3, H, W)`` or ``(3, H, W)`` in [0, 1]. Returns a ``(3, S, S, S)`` float32 table in
+    the ``[c, b, g, r]`` layout of ``transforms.ops.dncm.lut3d_apply``.
+
+    Every pixel's colour change ``target − source`` is splatted trilinearly at its
+    source colour, and each lattice point gets its own colour plus the weighted mean
+    change that landed near it. (Splatting the change rather than the target colour
+    removes most of the pull towards the cell's interior: the identity is fitted
+    exactly from any pixels.) Lattice points nothing landed near are filled outward from
+    their filled neighbours (repeated 3×3×3 averaging of the change), so the table is
+    defined — and smooth — everywhere. Used for oracle inverse filters and
+    for the restorer's filter basis."""
+    if not isinstance(size, int) or not 2 <= size <= MAX_CUBE_SIZE:
+        raise ValueError(f"fit_lut_from_pairs: size must be an integer in [2, {MAX_CUBE_SIZE}], got {size!r}")
+    s = size
+    acc = torch.zeros(3, s ** 3, dtype=torch.float64)
+    wsum = torch.zeros(s ** 3, dtype=torch.float64)
+    count = 0
+    for source, target in pairs:
+        if source.shape != target.shape or source.ndim not in (3, 4) or source.shape[-3] != 3:
+            raise ValueError(f"fit_lut_from_pairs: pair {count}: need equal (B, 3, H, W) or (3, H, W) shapes, "
+                             f"got {tuple(source.shape)} and {tuple(target.shape)}")
+        f = source.detach().movedim(-3, 0).reshape(3, -1).double().clamp(0, 1) * (s - 1)
+        o = target.detach().movedim(-3, 0).reshape(3, -1).double() - f / (s - 1)
+        base = f.floor().clamp(max=s - 2)
+        frac = f - base
+        base = base.long()
+        for dr in (0, 1):
+            for dg in (0, 1):
+                for db in (0, 1):
+                    w = ((frac[0] if dr else 1 - frac[0]) * (frac[1] if dg else 1 - frac[1])
+                         * (frac[2] if db else 1 - frac[2]))
+                    idx = ((base[2] + db) * s + (base[1] + dg)) * s + (base[0] + dr)
+                    wsum.index_add_(0, idx, w)
+                    acc.index_add_(1, idx, o * w)
+        count += 1
+    filled = wsum > 1e-3
+    if not filled.any():
+        raise ValueError("fit_lut_from_pairs: no pixels to fit (no pairs, or empty images)")
+    values = torch.where(filled, acc / wsum.clamp(min=1e-12), torch.zeros((), dtype=torch.float64))
+    values = values.reshape(1, 3, s, s, s)
+    mask = filled.reshape(1, 1, s, s, s).double()
+    while not bool(mask.all()):  # grow the filled region by one cell per pass
+        num = F.avg_pool3d(values * mask, 3, stride=1, padding=1, count_include_pad=False)
+        den = F.avg_pool3d(mask, 3, stride=1, padding=1, count_include_pad=False)
+        grow = (mask == 0) & (den > 0)
+        values = torch.where(grow, num / den.clamp(min=1e-12), values)
+        mask = torch.where(grow, torch.ones_like(mask), mask)
+    axis = torch.linspace(0.0, 1.0, s, dtype=torch.float64)
+    b, g, r = torch.meshgrid(axis, axis, axis, indexing="ij")
+    return (values[0] + torch.stack([r, g, b])).float()
 
 
 # --------------------------------------------------------------------------- application

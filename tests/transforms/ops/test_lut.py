@@ -260,3 +260,33 @@ def test_cuda_matches_cpu(images):
     assert gpu.device.type == "cuda"
     assert torch.allclose(gpu.cpu(), cpu, atol=1e-5)
     assert torch.allclose(apply_lut_tetrahedral(images.cuda(), table).cpu(), apply_lut_tetrahedral(images, table), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- fit_lut_from_pairs
+
+def test_fit_lut_from_pairs_fits_the_identity_exactly_and_a_curve_closely():
+    from chromabeam.transforms.ops.dncm import lut3d_apply, lut3d_identity
+    from chromabeam.transforms.ops.lut import fit_lut_from_pairs
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 64, 64, generator=g)
+    torch.testing.assert_close(fit_lut_from_pairs([(x, x)], 9), lut3d_identity(9), rtol=0, atol=1e-6)
+    target = x ** 0.7 * torch.tensor([1.0, 0.9, 0.8]).view(1, 3, 1, 1)  # a tone curve and a tint
+    table = fit_lut_from_pairs([(x[:1], target[:1]), (x[1], target[1])], 17)  # batched and (3, H, W) pairs
+    assert table.shape == (3, 17, 17, 17) and table.dtype == torch.float32
+    err = (lut3d_apply(x, table[None]) - target).abs()
+    assert err.mean() < 2e-3 and err.max() < 0.06, (err.mean(), err.max())  # max: the steep curve near 0
+
+
+def test_fit_lut_from_pairs_fills_colours_nothing_landed_near():
+    from chromabeam.transforms.ops.lut import fit_lut_from_pairs
+
+    dark = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 0.3
+    table = fit_lut_from_pairs([(dark, dark + 0.1)], 9)  # only the dark corner is observed
+    assert torch.isfinite(table).all()
+    # the observed change (+0.1) is carried out to the unobserved lattice points
+    torch.testing.assert_close(table[:, -1, -1, -1], torch.full((3,), 1.1), rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="equal"):
+        fit_lut_from_pairs([(dark, dark[:, :2])], 9)
+    with pytest.raises(ValueError, match="no pixels"):
+        fit_lut_from_pairs([], 9)
