@@ -38,7 +38,7 @@ from chromabeam.transforms.decode import decode_record
 from chromabeam.transforms.devices import DEVICES, DeviceError, resolve_device
 from chromabeam.transforms.ops.dncm import apply_color_matrix
 from chromabeam.transforms.ops.imageio import DEFAULT_MAX_PIXELS, encode_image, extension, to_float, to_uint8
-from chromabeam.transforms.ops.pixels8 import lut_uint8
+from chromabeam.transforms.ops.pixels8 import LookApplier, lut_uint8
 from chromabeam.transforms.ops.style import apply_curves
 from chromabeam.transforms.look_handler import LookHandler
 from chromabeam.transforms.read import ReadImages
@@ -49,6 +49,7 @@ from chromabeam.transforms.stylize_handler import (
 
 TASK = "stylize"
 METHODS = ("look", "dncm")
+TABULATED_LOOKS = 8  # per worker: a tabulated look holds 64 MB (pixels8.LookApplier)
 MODEL_NAMES = {"look": "look", "dncm": "dncm"}
 
 
@@ -141,14 +142,25 @@ class StylizeFn(beam.DoFn):
         self._ext, self._quality, self._weights_name = extension(image_format), quality, weights_name
         self._model_name, self._sha, self._exact = model_name, model_sha256, exact
         self._outputs = beam.metrics.Metrics.counter("chromabeam", "stylized_images")
+        self._looks: dict[str, LookApplier] = {}
+
+    def _look(self, key: str, lut: np.ndarray) -> LookApplier:
+        """One applier per style and worker: the look is tabulated once enough pixels went
+        through it (only for the first TABULATED_LOOKS styles: memory)."""
+        if key not in self._looks:
+            switch = 1 << 24 if len(self._looks) < TABULATED_LOOKS else None
+            self._looks[key] = LookApplier(lut, switch_pixels=switch)
+        return self._looks[key]
 
     def process(self, result, styles: dict):
         image: DecodedImage = result if isinstance(result, DecodedImage) else result.example
         sha = self._sha if isinstance(result, DecodedImage) else result.model_id
         for key in sorted(styles):
             entry = styles[key]
-            if entry.lut is not None:
-                pixels = apply_look(image.pixels, entry.lut, exact=self._exact)
+            if entry.lut is not None and self._exact:
+                pixels = apply_look(image.pixels, entry.lut, exact=True)
+            elif entry.lut is not None:
+                pixels = self._look(key, entry.lut)(image.pixels)
             else:
                 pixels = stylize_pixels(image.pixels, result.inference, entry.M)
             data = encode_image(pixels, self._ext, self._quality)

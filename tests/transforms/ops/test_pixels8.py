@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from chromabeam.transforms.ops.dncm import lut3d_apply
+from chromabeam.transforms.ops.lut import identity_table
 from chromabeam.transforms.ops.pixels8 import add_smooth_residual, lut_uint8, resize_uint8
 
 
@@ -52,3 +53,22 @@ def test_resize_and_checks():
         lut_uint8(px, np.zeros((2, 3, 2, 3)))
     with pytest.raises(ValueError, match="residual"):
         add_smooth_residual(px, np.zeros((4, 4)))
+
+
+def test_look_applier_is_pillow_then_a_bit_identical_table():
+    from chromabeam.transforms.ops.pixels8 import LookApplier
+
+    rng = np.random.default_rng(3)
+    table = np.clip(identity_table(9) ** 0.8 + rng.normal(0, 0.03, (9, 9, 9, 3)), 0, 1).astype(np.float32)
+    images = [rng.integers(0, 256, (40 + i, 30, 3), dtype=np.uint8) for i in range(3)]
+    look = LookApplier(table, switch_pixels=2000)  # the first image stays under the switch, the second passes it
+    outs = [look(im) for im in images]
+    assert look.tabulated and look.mapped_pixels == 40 * 30 + 41 * 30
+    for im, out in zip(images, outs):
+        assert out.shape == im.shape and out.dtype == np.uint8
+        np.testing.assert_array_equal(out, lut_uint8(im, table))
+    never = LookApplier(table, switch_pixels=None)
+    never(images[0]), never(images[1])
+    assert not never.tabulated
+    with pytest.raises(ValueError, match="table must be"):
+        LookApplier(np.zeros((2, 2, 3)))
