@@ -5,7 +5,8 @@
 3. ``evaluate`` filtered vs original: the "doing nothing" baseline      → OUTPUT/baseline
 4. ``restore`` the filtered copies with the shipped weights, scored
    against the originals in the same pass (when the restorer is there)  → OUTPUT/restored
-5. ``stylize`` the photos with the shipped presets (when DNCM is there) → OUTPUT/stylized
+5. ``stylize`` the photos with the shipped looks and the look of one
+   filtered photo (OUTPUT/styles/), fitted by the restorer              → OUTPUT/stylized
 Each step writes its own manifest, _SUCCESS and report.html.
 """
 from __future__ import annotations

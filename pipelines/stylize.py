@@ -296,16 +296,28 @@ def command(args: argparse.Namespace, beam_args: list[str]) -> int:
     return exit_status(summary, config.max_error_rate)
 
 
+DEMO_REFERENCE = ("chelsea.jpg", "1977")  # a bundled photo and the IFFI filter that makes the demo's reference
+
+
 def demo(output: str, beam_args: list[str]) -> dict:
-    """Stylize the bundled demo photos with the shipped looks (.cube presets); returns the summary."""
+    """Stylize the bundled demo photos with the shipped looks (.cube presets) and with the
+    look of one reference image — a bundled photo through an IFFI filter, written to
+    OUTPUT/styles/ — fitted by the restorer; returns the summary."""
     from chromabeam.pipelines.demo import photos_url
     from chromabeam.pipelines.preset import shipped_presets
+    from chromabeam.transforms.ops import synth
+    from chromabeam.transforms.ops.imageio import decode_image
 
+    photo, filter_name = DEMO_REFERENCE
+    spec = {"family": "filter", "id": filter_name, "strength": 1.0, "params": None, "perturb": []}
+    reference = storage.join(output, "styles", f"{filter_name}-look.jpg")
+    pixels = synth.render(decode_image(storage.read_bytes(storage.join(photos_url(), photo))), spec)
+    storage.put_atomic(reference, encode_image(pixels, "jpg", 95))
     weights, sha = resolve_weights(None, "look")
-    styles = tuple(style_source(url, "look") for url in shipped_presets("look"))
+    styles = tuple(style_source(url, "look") for url in [*shipped_presets("look"), reference])
     options = StylizeOptions(styles=styles, weights=weights, weights_sha256=sha, device="cpu", method="look")
     config = JobConfig(output=storage.join(output, "stylized"), task=TASK, overwrite=True,
-                       params={"demo": True, "styles": [s.key for s in styles]})
+                       params={"demo": True, "styles": [s.key for s in styles], "method": "look"})
     summary = run(photos_url(), config, options, beam_args)
     summary["output_name"] = "stylized"
     return summary
