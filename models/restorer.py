@@ -100,6 +100,7 @@ class Restorer(nn.Module):
         encoder: str = "efficientnet",
         pretrained: bool = True,
         bank: int = 0,
+        bank_consistency: bool = False,
     ):
         super().__init__()
         if (lut_size < 2 or lut_basis < 1 or grid_size < 1 or grid_bins < 1 or view_size < 32 or width < 1
@@ -156,12 +157,17 @@ class Restorer(nn.Module):
             self.guide.weight.copy_(torch.tensor(_LUMA_709).view(1, 3, 1, 1))
             self.guide.bias.zero_()
         self.bank_size = int(bank)
+        self.bank_consistency = bool(bank_consistency) and self.bank_size > 0
         if self.bank_size:
             # The filter bank: fixed inverse LUTs (as residuals from the identity) and a
             # classifier on the view's standardised colour statistics → "which filter, how
             # strong" (class 0: none). Set by ``set_bank``; trained apart (train_restorer).
-            n_feat = global_feature_count(self.hist_bins or 16)
+            # With ``bank_consistency`` the classifier also sees, per filter, how far the
+            # view is from that filter's range (``bank_check_features``).
+            n_feat = global_feature_count(self.hist_bins or 16) + (2 * self.bank_size if self.bank_consistency else 0)
             self.register_buffer("bank_luts", torch.zeros(self.bank_size, 3, lut_size, lut_size, lut_size))
+            if self.bank_consistency:
+                self.register_buffer("bank_forward", torch.zeros(self.bank_size, 3, lut_size, lut_size, lut_size))
             self.register_buffer("bank_mean", torch.zeros(n_feat))
             self.register_buffer("bank_scale", torch.ones(n_feat))
             self.bank_head = nn.Sequential(
@@ -192,6 +198,7 @@ class Restorer(nn.Module):
             "hist_bins": self.hist_bins,
             "encoder": self.encoder_kind,
             **({"bank": self.bank_size} if self.bank_size else {}),
+            **({"bank_consistency": True} if self.bank_consistency else {}),
         }
 
     @staticmethod
@@ -227,7 +234,7 @@ class Restorer(nn.Module):
         w = self.lut_weights(g)  # (B, n_basis)
         lut = self._lut_identity + torch.einsum("bn,ncdhw->bcdhw", w, self.lut_basis)
         if self.bank_size:
-            feats = pooled if stats else global_colour_features(view, self.hist_bins or 16)
+            feats = self.bank_inputs(view, pooled if stats else None)
             lut = lut + torch.einsum("bn,ncdhw->bcdhw", self.bank_weights(feats), self.bank_luts)
 
         gs = self.grid_size
@@ -240,6 +247,28 @@ class Restorer(nn.Module):
         grid = self._grid_identity + delta.view(view.shape[0], 12, self.grid_bins, gs, gs)
         return lut, grid
 
+    def bank_inputs(self, view: torch.Tensor, global_features: torch.Tensor | None = None) -> torch.Tensor:
+        """What the bank's classifier sees for a view ``(B, 3, s, s)``: its global colour
+        features (``global_features`` when already computed), then with
+        ``bank_consistency`` the ``bank_check_features``."""
+        g = global_features if global_features is not None else global_colour_features(view, self.hist_bins or 16)
+        return torch.cat([g, self.bank_check_features(view)], dim=1) if self.bank_consistency else g
+
+    def bank_check_features(self, view: torch.Tensor) -> torch.Tensor:
+        """Per bank filter f, how well the view fits f's range: undo f, redo f, compare —
+        ``(B, 2·bank)``: the mean |forward_f(inverse_f(x)) − x| and the share of pixels off
+        by more than 3/255, on a 32² downscale. A filter that lifts blacks or mutes colours
+        cannot have made an image that holds deep blacks or vivid colours: those come back
+        changed. Colour statistics alone confuse similar looks; this separates them."""
+        x = F.interpolate(view, size=(32, 32), mode="area") if view.shape[-1] != 32 else view
+        b, n = x.shape[0], self.bank_size
+        xs = x.unsqueeze(1).expand(b, n, *x.shape[1:]).reshape(b * n, *x.shape[1:])
+        inv = (self.bank_luts + self._lut_identity).unsqueeze(0).expand(b, -1, -1, -1, -1, -1).flatten(0, 1)
+        fwd = self.bank_forward.unsqueeze(0).expand(b, -1, -1, -1, -1, -1).flatten(0, 1)
+        back = lut3d_apply(lut3d_apply(xs, inv, chunk_pixels=None).clamp(0, 1), fwd, chunk_pixels=None)
+        err = (back - xs).abs().amax(dim=1).view(b, n, -1)
+        return torch.cat([err.mean(dim=2), (err > 3 / 255).float().mean(dim=2)], dim=1)
+
     def bank_logits(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global colour features ``(B, F)`` → (class logits ``(B, 1 + bank)``, class 0 = no
         filter; strength logits ``(B, bank)``)."""
@@ -251,14 +280,22 @@ class Restorer(nn.Module):
         logits, strength = self.bank_logits(feats)
         return logits.softmax(dim=1)[:, 1:] * torch.sigmoid(strength)
 
-    def set_bank(self, tables: torch.Tensor, feature_mean: torch.Tensor, feature_scale: torch.Tensor) -> None:
-        """Install the bank: ``tables`` ``(bank, 3, S, S, S)`` full LUTs (``lut3d_apply``'s
-        layout; stored as residuals from the identity) and the standardisation of the
-        classifier's features."""
+    def set_bank(self, tables: torch.Tensor, feature_mean: torch.Tensor, feature_scale: torch.Tensor,
+                 forward: torch.Tensor | None = None) -> None:
+        """Install the bank: ``tables`` ``(bank, 3, S, S, S)`` full inverse LUTs
+        (``lut3d_apply``'s layout; stored as residuals from the identity), the
+        standardisation of the classifier's features, and with ``bank_consistency`` the
+        filters themselves as ``forward`` LUTs of the same shape."""
         s = self.lut_size
-        if tuple(tables.shape) != (self.bank_size, 3, s, s, s):
-            raise ValueError(f"Restorer.set_bank: tables must be ({self.bank_size}, 3, {s}, {s}, {s}), got {tuple(tables.shape)}")
+        shape = (self.bank_size, 3, s, s, s)
+        if tuple(tables.shape) != shape:
+            raise ValueError(f"Restorer.set_bank: tables must be {shape}, got {tuple(tables.shape)}")
+        if self.bank_consistency and (forward is None or tuple(forward.shape) != shape):
+            raise ValueError(f"Restorer.set_bank: this bank checks consistency: forward must be {shape}, "
+                             f"got {None if forward is None else tuple(forward.shape)}")
         with torch.no_grad():
+            if self.bank_consistency:
+                self.bank_forward.copy_(forward)
             self.bank_luts.copy_(tables.to(self.bank_luts) - self._lut_identity)
             self.bank_mean.copy_(feature_mean)
             self.bank_scale.copy_(feature_scale)

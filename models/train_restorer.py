@@ -265,23 +265,26 @@ class PhotoLooks:
 
 
 def inverse_filter_tables(images: list[np.ndarray], filters: list[str], size: int, *, side: int = 256,
-                          log_fn: Callable[[str], None] | None = None) -> torch.Tensor:
+                          log_fn: Callable[[str], None] | None = None, forward: bool = False):
     """For each filter, the LUT ``(3, size, size, size)`` that best maps its output back to
     the original colours over ``images`` (uint8 ``(H, W, 3)`` photos, each resized to
     ``side``², the filter at full strength, 8-bit rounded like a saved file):
-    ``(len(filters), 3, size, size, size)``, the seed of ``Restorer.extend_basis``.
+    ``(len(filters), 3, size, size, size)``, the restorer's filter bank. With ``forward``,
+    also the filters themselves fitted the same way: ``(inverse, forward)``.
     Only training photos go in; the benchmark's eval photos never do."""
     from chromabeam.transforms.ops.filters import apply_filter
     from chromabeam.transforms.ops.lut import fit_lut_from_pairs
 
     clean = torch.cat([_float(_resize(a, side)) for a in images])
-    tables = []
+    tables, forwards = [], []
     for i, name in enumerate(filters):
         filtered = apply_filter(clean, name, 1.0).clamp(0, 1).mul(255).round().div(255)
         tables.append(fit_lut_from_pairs([(filtered, clean)], size))
+        if forward:
+            forwards.append(fit_lut_from_pairs([(clean, filtered)], size).clamp(0, 1))
         if log_fn:
             log_fn(f"inverse of {name} fitted on {len(images)} photos ({i + 1}/{len(filters)})")
-    return torch.stack(tables)
+    return (torch.stack(tables), torch.stack(forwards)) if forward else torch.stack(tables)
 
 
 def bank_dataset(model: Restorer, looks: "PhotoLooks", filters: list[str], samples: int, crop: int,
@@ -289,13 +292,11 @@ def bank_dataset(model: Restorer, looks: "PhotoLooks", filters: list[str], sampl
     """``samples`` fresh looks on TRAIN crops → (the global colour features the model's
     view gives ``(N, F)``, class ``(N,)`` — 1 + the filter's index, 0 for anything else —,
     strength ``(N,)``)."""
-    from chromabeam.transforms.ops.colour_stats import global_colour_features
-
     feats, labels, strengths = [], [], []
     while len(labels) < samples:
         x, _, specs = looks.sample_with_specs(min(64, samples - len(labels)), crop, rng)
         with torch.no_grad():
-            feats.append(global_colour_features(model.view(x), model.hist_bins or 16))
+            feats.append(model.bank_inputs(model.view(x)))
         labels += [filters.index(sp["id"]) + 1 if sp["family"] == "filter" else 0 for sp in specs]
         strengths += [float(sp["strength"]) for sp in specs]
     return torch.cat(feats), torch.tensor(labels), torch.tensor(strengths, dtype=torch.float32)
@@ -643,8 +644,10 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
     filters = list(looks.config.filters)
     base = init if init is not None else Restorer(pretrained=cfg.pretrained, **_model_config(cfg))
     config = {k: v for k, v in base.config.items() if k != "model"}
-    model = Restorer(**{**config, "bank": len(filters)}, pretrained=False)
-    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    model = Restorer(**{**config, "bank": len(filters), "bank_consistency": True}, pretrained=False)
+    # an init with a bank of its own gives everything but the bank, which is rebuilt here
+    missing, unexpected = model.load_state_dict(
+        {k: v for k, v in base.state_dict().items() if not k.startswith("bank")}, strict=False)
     if unexpected or any(not k.startswith("bank") for k in missing):
         raise ValueError(f"--filter-bank: cannot extend this model (missing {missing}, unexpected {unexpected})")
     model.chunk_pixels = base.chunk_pixels
@@ -654,8 +657,9 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
             "classifier": {"samples": args.bank_samples, "epochs": args.bank_epochs, "crop": cfg.crop}}
     if resuming:
         return model, info
-    tables = inverse_filter_tables([looks.images[i] for i in spread], filters, model.lut_size, log_fn=log.info)
-    model.set_bank(tables, model.bank_mean, model.bank_scale)
+    tables, forward = inverse_filter_tables([looks.images[i] for i in spread], filters, model.lut_size,
+                                            log_fn=log.info, forward=True)
+    model.set_bank(tables, model.bank_mean, model.bank_scale, forward)
     t = time.time()
     feats, labels, strengths = bank_dataset(model, looks, filters, args.bank_samples, cfg.crop,
                                             np.random.default_rng(cfg.seed + 1))

@@ -113,3 +113,25 @@ def test_image_loss_training_leaves_the_bank_classifier_alone():
     for k, v in before.items():
         assert torch.equal(after[k], v), k
     assert not torch.equal(after["lut_weights.weight"], init.state_dict()["lut_weights.weight"])
+
+
+def test_consistency_features_tell_a_filters_output_from_a_clean_photo():
+    fit_on = [_photo(n, 128, 96) for n in ("coffee", "rocket", "astronaut")]
+    inverse, forward = inverse_filter_tables(fit_on, ["gingham", "willow"], 17, side=96, forward=True)
+    model = Restorer(**{**SMALL, "lut_size": 17}, bank=2, bank_consistency=True, pretrained=False).eval()
+    with pytest.raises(ValueError, match="forward must be"):
+        model.set_bank(inverse, torch.zeros(184), torch.ones(184))
+    model.set_bank(inverse, torch.zeros(184), torch.ones(184), forward)
+    assert model.config["bank_consistency"] is True
+    clean = _float(_photo("chelsea", 128, 96))
+    views = torch.cat([clean] + [apply_filter(clean, f, 1.0).clamp(0, 1).mul(255).round().div(255)
+                                 for f in ("gingham", "willow")])
+    with torch.no_grad():
+        feats = model.bank_check_features(model.view(views))
+        inputs = model.bank_inputs(model.view(views))
+    assert feats.shape == (3, 4) and inputs.shape == (3, 180 + 4)
+    mean_err = feats[:, :2]  # rows: clean, gingham(clean), willow(clean); columns: gingham, willow
+    # each filter's own output is (nearly) in its range; the clean photo is not
+    # (measured: gingham column 0.0072 clean vs 0.0017; willow column 0.118 vs 0.029)
+    assert mean_err[1, 0] < 0.5 * mean_err[0, 0], mean_err
+    assert mean_err[2, 1] < 0.5 * mean_err[0, 1], mean_err
