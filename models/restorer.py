@@ -13,6 +13,16 @@ Instagram-style filters are mostly global tone/colour curves plus smooth spatial
     1×1 guide (initialised to Rec. 709 luma) — local, intensity-dependent corrections
     that vignettes and gradients need.
 
+(c) optionally (``bank=N``) a filter bank: N fixed LUTs, each the inverse of a known
+    filter fitted on training photos, weighted by a classifier on the view's colour
+    statistics — P(filter f) · predicted strength, class 0 "no filter" — and added to
+    the LUT of (a). Blind removal is then mostly *recognising* the filter, which the
+    colour statistics do far better than they regress a whole inverse; and "no filter"
+    is a class, so clean photos come back (nearly) unchanged. With
+    ``bank_consistency`` the classifier also sees how far the view is from each
+    filter's range (undo f, redo f, compare). The bank is trained apart from the rest
+    (``train_restorer.train_bank``).
+
 At full resolution each pixel goes through the sliced affine first (undo the spatial
 part), then the LUT (undo the global curve). Both are applied in row chunks, so memory
 is the input, the output and ~1 Mpx of temporaries at any size; the cost per pixel is a
@@ -76,7 +86,8 @@ def soft_histogram(x: torch.Tensor, bins: int) -> torch.Tensor:
 
 class Restorer(nn.Module):
     """``Restorer(lut_size=17, lut_basis=8, grid_size=16, grid_bins=8, view_size=256,
-    width=64, hist_bins=0, encoder="efficientnet", pretrained=True)``. With the
+    width=64, hist_bins=0, encoder="efficientnet", pretrained=True, bank=0,
+    bank_consistency=False)``. With the
     EfficientNet encoder, ``hist_bins > 0`` adds colour statistics of the view to the
     heads (per-channel soft histograms for the global path, each grid cell's mean colour
     for the local path); with ``encoder="stats"`` the heads see colour statistics only

@@ -614,6 +614,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "many TRAIN photos, and a classifier trained apart on --bank-samples fresh looks — then train "
                         "the rest with the image loss (0: off; ignored when resuming a checkpoint)")
     g.add_argument("--bank-samples", type=int, default=30000, help="looks the bank classifier is trained on")
+    g.add_argument("--bank-consistency", action="store_true",
+                   help="the bank classifier also sees how far the view is from each filter's range "
+                        "(Restorer bank_consistency; measured in docs/restorer.md, not shipped)")
     g.add_argument("--bank-epochs", type=int, default=30)
     g.add_argument("--card", default=None, help="JSON file merged into the model card (e.g. benchmark results)")
 
@@ -644,7 +647,8 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
     filters = list(looks.config.filters)
     base = init if init is not None else Restorer(pretrained=cfg.pretrained, **_model_config(cfg))
     config = {k: v for k, v in base.config.items() if k != "model"}
-    model = Restorer(**{**config, "bank": len(filters), "bank_consistency": True}, pretrained=False)
+    consistency = bool(getattr(args, "bank_consistency", False))
+    model = Restorer(**{**config, "bank": len(filters), "bank_consistency": consistency}, pretrained=False)
     # an init with a bank of its own gives everything but the bank, which is rebuilt here
     missing, unexpected = model.load_state_dict(
         {k: v for k, v in base.state_dict().items() if not k.startswith("bank")}, strict=False)
@@ -654,11 +658,13 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
     n_fit = min(args.filter_bank, len(looks))
     spread = np.linspace(0, len(looks) - 1, n_fit).round().astype(int)  # every source, not just the first
     info = {"filters": filters, "fit_photos": [looks.names[i] for i in spread], "fit_side": 256,
-            "classifier": {"samples": args.bank_samples, "epochs": args.bank_epochs, "crop": cfg.crop}}
+            "classifier": {"samples": args.bank_samples, "epochs": args.bank_epochs, "crop": cfg.crop,
+                           "consistency_features": consistency}}
     if resuming:
         return model, info
-    tables, forward = inverse_filter_tables([looks.images[i] for i in spread], filters, model.lut_size,
-                                            log_fn=log.info, forward=True)
+    fitted = inverse_filter_tables([looks.images[i] for i in spread], filters, model.lut_size,
+                                   log_fn=log.info, forward=consistency)
+    tables, forward = fitted if consistency else (fitted, None)
     model.set_bank(tables, model.bank_mean, model.bank_scale, forward)
     t = time.time()
     feats, labels, strengths = bank_dataset(model, looks, filters, args.bank_samples, cfg.crop,

@@ -229,7 +229,7 @@ def _print_summary(summary: dict, output: str) -> None:
 
 # The shipped weights were trained briefly on CPU; say so wherever they are used by default.
 EARLY_WEIGHTS = ("chromabeam {cmd}: note: the shipped {model} weights were trained on one CPU core for about an "
-                 "hour; on held-out photos they beat doing nothing but are below the project's quality targets "
+                 "hour; on held-out photos they beat doing nothing but do not reach all of the project's quality targets "
                  "(see docs/{doc}); pass --weights to use your own")
 
 
@@ -245,7 +245,8 @@ def cmd_stylize(args, beam_args: list[str]) -> int:
     from chromabeam.pipelines import stylize
 
     if getattr(args, "weights", None) is None:
-        print(EARLY_WEIGHTS.format(cmd="stylize", model="DNCM", doc="stylize.md"), file=sys.stderr)
+        look = getattr(args, "method", "look") == "look"
+        print(EARLY_WEIGHTS.format(cmd="stylize", model="restorer" if look else "DNCM", doc="stylize.md"), file=sys.stderr)
     return stylize.command(args, beam_args)
 
 

@@ -320,18 +320,18 @@ def test_restore_step_with_upstream_input_and_reference(tmp_path, tiny_restorer,
 
 @pytest.mark.slow
 def test_stylize_example_both_ways(tmp_path):
-    """The shipped presets on the bundled photos: 7 × 4 rows, sizes kept, the shipped
-    weights' sha256 (hashlib) on every row, and the same images both ways — within a few
-    8-bit levels: RunInference batches content images differently from run to run, and a
-    batched encoder pass differs from an unbatched one in the last float bits (seen: one
-    image in 28, max 3 levels, mean 0.001, after JPEG)."""
+    """The shipped presets (looks, the default method) on the bundled photos: 7 × 4 rows,
+    sizes kept, the look method's model — the shipped restorer — by its sha256 (hashlib)
+    on every row, and the same images both ways (within a few 8-bit levels, the margin
+    the DNCM method needs: its batched encoder pass differs from an unbatched one in the
+    last float bits)."""
     import hashlib
 
-    from chromabeam.transforms.stylize_handler import default_weights
+    from chromabeam.pipelines.restore import default_weights
 
     assert chromabeam_run("examples/stylize.yaml", "--jinja_variables", json.dumps({"output": str(tmp_path / "a")})) == 0
     beam_main("stylize.yaml", tmp_path / "b", timeout=400)
-    sha = hashlib.sha256(open(default_weights(), "rb").read()).hexdigest()
+    sha = hashlib.sha256(open(default_weights()[0], "rb").read()).hexdigest()
     images = {}
     for side in ("a", "b"):
         rows = sorted(pq.read_table(str(tmp_path / side / "stylized" / "manifest")).to_pylist(),
