@@ -221,24 +221,17 @@ def add_preset_arguments(subparsers) -> argparse.ArgumentParser:
 def preset_command(args: argparse.Namespace) -> int:
     from chromabeam.transforms.devices import DeviceError
 
-    if args.preset_command == "create" and args.out.lower().endswith(".cube"):
-        try:
-            info = create_look(args.ref, args.out, weights=args.weights, device=args.device,
-                               name=args.name, description=args.description)
-        except (ValueError, OSError, DeviceError) as exc:
-            print(f"chromabeam preset create: {exc}")
-            return 2
-        print(f"look {info['name']!r} ({info['size']}³ LUT, restorer {info['weights_sha256'][:12]}) → "
-              f"{storage.redact(args.out)}")
-        return 0
     if args.preset_command == "create":
+        look = args.out.lower().endswith(".cube")
         try:
-            doc = create_preset(args.ref, args.out, weights=args.weights, device=args.device,
-                                name=args.name, description=args.description)
+            made = (create_look if look else create_preset)(args.ref, args.out, weights=args.weights, device=args.device,
+                                                            name=args.name, description=args.description)
         except (ValueError, OSError, DeviceError) as exc:
             print(f"chromabeam preset create: {exc}")
             return 2
-        print(f"preset {doc['name']!r} (k={doc['k']}, weights {doc['weights_sha256'][:12]}) → {storage.redact(args.out)}")
+        what = (f"look {made['name']!r} ({made['size']}³ LUT, restorer {made['weights_sha256'][:12]})" if look
+                else f"preset {made['name']!r} (k={made['k']}, weights {made['weights_sha256'][:12]})")
+        print(f"{what} → {storage.redact(args.out)}")
         return 0
     folder = args.dir or presets_dir()
     rows = list_presets(folder)
