@@ -88,6 +88,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     max_side: int = 768  # pairs are decoded at most this large
     loss_size: int = 64  # > 0 (and < crop): apply and score on a downscale of the crop (see train)
+    bank_lr_scale: float = 0.0  # > 0: the image loss also trains the bank's classifier, at lr * this
     # the shipped recipe's model (docs/restorer.md); {"encoder": "efficientnet"} for the CNN one
     model: dict = dataclasses.field(default_factory=lambda: {
         "encoder": "stats", "view_size": 128, "width": 128, "lut_basis": 16, "hist_bins": 16})
@@ -364,7 +365,7 @@ def _u8(x: torch.Tensor) -> torch.Tensor:
     return x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _apply_freeze(model: Restorer, freeze: str) -> None:
+def _apply_freeze(model: Restorer, freeze: str, bank_lr_scale: float = 0.0) -> None:
     enc = model.encoder
     if enc is None:  # the statistics encoder has nothing to freeze
         frozen = []
@@ -374,7 +375,7 @@ def _apply_freeze(model: Restorer, freeze: str) -> None:
         frozen = [enc._conv_stem, enc._bn0, *enc._blocks[:_EARLY_BLOCKS]]
     else:
         frozen = []
-    if model.bank_size:  # the filter bank is trained apart (train_bank); the image loss leaves it alone
+    if model.bank_size and not bank_lr_scale:  # the bank is trained apart (train_bank); the image loss leaves it
         frozen.append(model.bank_head)
     for m in frozen:
         m.requires_grad_(False)
@@ -395,8 +396,11 @@ def _lr(cfg: TrainConfig, step: int) -> float:
 
 
 def _optimizer(model: Restorer, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    bank = {id(p) for p in model.bank_head.parameters()} if model.bank_size else set()
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in bank], "lr_scale": 1.0}]
+    if cfg.bank_lr_scale and bank:
+        groups.append({"params": list(model.bank_head.parameters()), "lr_scale": cfg.bank_lr_scale})
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -476,7 +480,7 @@ def train(
         model.chunk_pixels = init.chunk_pixels
     else:
         model = Restorer(pretrained=cfg.pretrained, **_model_config(cfg)).to(device)
-    _apply_freeze(model, cfg.freeze)
+    _apply_freeze(model, cfg.freeze, cfg.bank_lr_scale)
     opt = _optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
     state = {"step": 0, "history": [], "seconds": 0.0, "config": dataclasses.asdict(cfg)}
@@ -508,7 +512,7 @@ def train(
     while state["step"] < cfg.steps:
         step = state["step"]
         for g in opt.param_groups:
-            g["lr"] = _lr(cfg, step)
+            g["lr"] = _lr(cfg, step) * g.get("lr_scale", 1.0)
         if cache is not None:
             view, f16, pooled, x, y, window = cache.sample(cfg.batch, cfg.crop, rng, device)
             pred = model.apply(x, *model.heads(view, f16, pooled), window=window)
@@ -618,6 +622,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the bank classifier also sees how far the view is from each filter's range "
                         "(Restorer bank_consistency; measured in docs/restorer.md, not shipped)")
     g.add_argument("--bank-epochs", type=int, default=30)
+    g.add_argument("--bank-lr-scale", type=float, default=0.0,
+                   help="> 0: the image loss also fine-tunes the bank's classifier at lr × this (0: frozen)")
     g.add_argument("--card", default=None, help="JSON file merged into the model card (e.g. benchmark results)")
 
 
@@ -686,6 +692,7 @@ def train_command(args: argparse.Namespace) -> int:
         steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, freeze=args.freeze,
         seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,
         log_every=args.log_every, max_side=args.max_side, loss_size=args.loss_size,
+        bank_lr_scale=args.bank_lr_scale,
         model={**TrainConfig().model, **args.model_config, "hist_bins": args.hist_bins},
     )
     ckpt = args.checkpoint_dir or storage.join(args.weights_out, "checkpoint")

@@ -135,3 +135,18 @@ def test_consistency_features_tell_a_filters_output_from_a_clean_photo():
     # (measured: gingham column 0.0072 clean vs 0.0017; willow column 0.118 vs 0.029)
     assert mean_err[1, 0] < 0.5 * mean_err[0, 0], mean_err
     assert mean_err[2, 1] < 0.5 * mean_err[0, 1], mean_err
+
+
+def test_bank_lr_scale_lets_the_image_loss_tune_the_classifier():
+    looks = PhotoLooks([_photo("coffee", 96, 96)], ["coffee"], identity_prob=0.0)
+    init = Restorer(**SMALL, bank=2, pretrained=False)
+    init.set_bank(torch.rand(2, 3, 9, 9, 9), torch.zeros(180), torch.ones(180))
+    with torch.no_grad():
+        init.bank_head[-1].weight.normal_()
+        init.bank_head[-1].bias[0] = 0.0  # not certain of "no filter": the bank gets a gradient
+    cfg = TrainConfig(steps=3, batch=2, crop=64, loss_size=32, device="cpu", model=SMALL, log_every=1,
+                      checkpoint_every=100, bank_lr_scale=0.5)
+    model, _ = train(looks, cfg, init=init)
+    before, after = init.state_dict(), model.state_dict()
+    assert not torch.equal(after["bank_head.6.weight"], before["bank_head.6.weight"])
+    assert torch.equal(after["bank_luts"], before["bank_luts"])  # the tables stay fixed
