@@ -24,8 +24,7 @@ from chromabeam.models.restorer import Restorer
 from chromabeam.transforms.ops.filters import IFFI_FILTERS, apply_filter
 from chromabeam.transforms.ops.grades import apply_grade, sample_grade
 from chromabeam.transforms.ops.metrics import psnr
-
-GRADE_SEED = 900_000  # the full benchmark's unseen-grade seeds (its first four)
+from restore_quality import GRADE_SEED, _q8, _tensor  # the full benchmark's seeds and conversions (same folder)
 
 
 def load(path: str) -> tuple[Restorer, str]:
@@ -53,18 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     model, label = load(args.weights)
     cache = photos.fetch_debian(os.environ.get("CHROMABEAM_PHOTO_CACHE", "/tmp/photo-cache"))
-    evals = [torch.from_numpy(np.array(photos.load(p, cache, args.size))).permute(2, 0, 1)[None].float() / 255
-             for p in photos.split()[1]]
-
-    def q8(x):
-        return x.clamp(0, 1).mul(255).round().div(255)
+    evals = [_tensor(photos.load(p, cache, args.size)) for p in photos.split()[1]]
 
     def score(look):
         nothing, restored = [], []
         for clean in evals:
-            x = q8(look(clean))
+            x = _q8(look(clean))
             with torch.inference_mode():
-                y = q8(model(x))
+                y = _q8(model(x))
             nothing.append(float(psnr(x, clean)[0]))
             restored.append(float(psnr(y, clean)[0]))
         return float(np.mean(nothing)), float(np.mean(restored))

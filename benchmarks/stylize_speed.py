@@ -14,6 +14,8 @@
     shipped ``warm`` look, one LUT per style, tabulated after 2²⁴ pixels) and
     ``--method dncm`` (the shipped ``warm`` DNCM preset: an encoder pass and a folded LUT
     per image).
+(c) Where a look job's time per 4K image goes: decode, the look by Pillow and tabulated
+    (``pixels8.LookApplier``, checked identical), encode.
 
     python benchmarks/stylize_speed.py [--sizes fhd,4k,8k] [--jobs 32] [--threads 1]
 
@@ -129,6 +131,39 @@ def pillow_floor(paths: list[str]) -> float:
     return time.perf_counter() - t
 
 
+def look_timings(path: str, repeats: int) -> dict:
+    """Per-image costs of the look job on one 4K JPEG (best of ``repeats``): decode, the
+    shipped ``warm`` look by Pillow's ``Color3DLUT`` and by the tabulated
+    ``pixels8.LookApplier`` (its one-off tabulation timed apart), JPEG q95 encode."""
+    from chromabeam.pipelines.preset import shipped_preset
+    from chromabeam.transforms.ops.imageio import decode_image, encode_image
+    from chromabeam.transforms.ops.pixels8 import LookApplier, lut_uint8
+    from chromabeam.transforms.stylize_handler import read_look
+
+    def best(fn):
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t)
+        return min(times), out
+
+    with open(path, "rb") as fh:
+        data = fh.read()
+    decode_s, pixels = best(lambda: decode_image(data))
+    table = read_look(shipped_preset("warm", "look"))
+    pillow_s, want = best(lambda: lut_uint8(pixels, table))
+    look = LookApplier(table, switch_pixels=0)
+    t = time.perf_counter()
+    look(pixels)
+    tabulate_s = time.perf_counter() - t
+    gather_s, got = best(lambda: look(pixels))
+    assert (got == want).all(), "the tabulated look differs from Pillow's"
+    encode_s, _ = best(lambda: encode_image(got, "jpg", 95))
+    return {"decode_s": decode_s, "pillow_lut_s": pillow_s, "tabulate_once_s": tabulate_s - gather_s,
+            "tabulated_lut_s": gather_s, "encode_s": encode_s}
+
+
 def stylize_job(folder: str, out: str, threads: int, exact: bool = False, method: str = "look") -> tuple[float, dict]:
     cmd = [sys.executable, "-c", textwrap.dedent(f"""
         import argparse, json, time, torch
@@ -178,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             os.makedirs(src)
             paths = make_4k_jpegs(src, args.jobs)
             floor = min(pillow_floor(paths) for _ in range(2))
+            result["look_per_image"] = look_timings(paths[0], args.repeats)
             wall, inner = stylize_job(src, os.path.join(tmp, "out"), args.threads)
             outs = glob.glob(os.path.join(tmp, "out", "images", "*.jpg"))
             assert len(outs) == args.jobs, f"job wrote {len(outs)} of {args.jobs} images"
@@ -197,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         if exact:
             j["exact_job_s"] = exact["s"]
             print(f"| stylize job, look --exact (float path) | {exact['s']:.2f} | {1000 * exact['s'] / args.jobs:.0f} | {exact['s'] / floor:.2f} |")
+    if "look_per_image" in result:
+        lk = result["look_per_image"]
+        print(f"\n(c) one 4K image, one thread, best of {args.repeats}: decode {1000 * lk['decode_s']:.0f} ms, "
+              f"`warm` look by Pillow Color3DLUT {1000 * lk['pillow_lut_s']:.0f} ms / tabulated (LookApplier) "
+              f"{1000 * lk['tabulated_lut_s']:.0f} ms (identical output; tabulating once: "
+              f"{lk['tabulate_once_s']:.2f} s), JPEG q95 encode {1000 * lk['encode_s']:.0f} ms")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)

@@ -281,7 +281,7 @@ class Restorer(nn.Module):
         return torch.cat([err.mean(dim=2), (err > 3 / 255).float().mean(dim=2)], dim=1)
 
     def bank_logits(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Global colour features ``(B, F)`` → (class logits ``(B, 1 + bank)``, class 0 = no
+        """``bank_inputs`` ``(B, F)`` → (class logits ``(B, 1 + bank)``, class 0 = no
         filter; strength logits ``(B, bank)``)."""
         out = self.bank_head((feats - self.bank_mean) / self.bank_scale)
         return out[:, : 1 + self.bank_size], out[:, 1 + self.bank_size:]
@@ -291,12 +291,11 @@ class Restorer(nn.Module):
         logits, strength = self.bank_logits(feats)
         return logits.softmax(dim=1)[:, 1:] * torch.sigmoid(strength)
 
-    def set_bank(self, tables: torch.Tensor, feature_mean: torch.Tensor, feature_scale: torch.Tensor,
-                 forward: torch.Tensor | None = None) -> None:
-        """Install the bank: ``tables`` ``(bank, 3, S, S, S)`` full inverse LUTs
-        (``lut3d_apply``'s layout; stored as residuals from the identity), the
-        standardisation of the classifier's features, and with ``bank_consistency`` the
-        filters themselves as ``forward`` LUTs of the same shape."""
+    def set_bank(self, tables: torch.Tensor, forward: torch.Tensor | None = None) -> None:
+        """Install the bank's LUTs: ``tables`` ``(bank, 3, S, S, S)`` full inverse LUTs
+        (``lut3d_apply``'s layout; stored as residuals from the identity) and, with
+        ``bank_consistency``, the filters themselves as ``forward`` LUTs of the same shape.
+        (The classifier's feature standardisation is set by ``train_restorer.train_bank``.)"""
         s = self.lut_size
         shape = (self.bank_size, 3, s, s, s)
         if tuple(tables.shape) != shape:
@@ -308,8 +307,6 @@ class Restorer(nn.Module):
             if self.bank_consistency:
                 self.bank_forward.copy_(forward)
             self.bank_luts.copy_(tables.to(self.bank_luts) - self._lut_identity)
-            self.bank_mean.copy_(feature_mean)
-            self.bank_scale.copy_(feature_scale)
 
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 3, H, W)`` → LUT ``(B, 3, S, S, S)`` and grid ``(B, 12, D, G, G)``."""

@@ -290,8 +290,8 @@ def inverse_filter_tables(images: list[np.ndarray], filters: list[str], size: in
 
 def bank_dataset(model: Restorer, looks: "PhotoLooks", filters: list[str], samples: int, crop: int,
                  rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``samples`` fresh looks on TRAIN crops → (the global colour features the model's
-    view gives ``(N, F)``, class ``(N,)`` — 1 + the filter's index, 0 for anything else —,
+    """``samples`` fresh looks on TRAIN crops → (what the bank's classifier sees of each
+    view, ``model.bank_inputs`` ``(N, F)``, class ``(N,)`` — 1 + the filter's index, 0 for anything else —,
     strength ``(N,)``)."""
     feats, labels, strengths = [], [], []
     while len(labels) < samples:
@@ -653,7 +653,7 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
     filters = list(looks.config.filters)
     base = init if init is not None else Restorer(pretrained=cfg.pretrained, **_model_config(cfg))
     config = {k: v for k, v in base.config.items() if k != "model"}
-    consistency = bool(getattr(args, "bank_consistency", False))
+    consistency = args.bank_consistency
     model = Restorer(**{**config, "bank": len(filters), "bank_consistency": consistency}, pretrained=False)
     # an init with a bank of its own gives everything but the bank, which is rebuilt here
     missing, unexpected = model.load_state_dict(
@@ -671,7 +671,7 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
     fitted = inverse_filter_tables([looks.images[i] for i in spread], filters, model.lut_size,
                                    log_fn=log.info, forward=consistency)
     tables, forward = fitted if consistency else (fitted, None)
-    model.set_bank(tables, model.bank_mean, model.bank_scale, forward)
+    model.set_bank(tables, forward)
     t = time.time()
     feats, labels, strengths = bank_dataset(model, looks, filters, args.bank_samples, cfg.crop,
                                             np.random.default_rng(cfg.seed + 1))

@@ -38,7 +38,7 @@ from chromabeam.transforms.decode import decode_record
 from chromabeam.transforms.devices import DEVICES, DeviceError, resolve_device
 from chromabeam.transforms.ops.dncm import apply_color_matrix
 from chromabeam.transforms.ops.imageio import DEFAULT_MAX_PIXELS, encode_image, extension, to_float, to_uint8
-from chromabeam.transforms.ops.pixels8 import LookApplier, lut_uint8
+from chromabeam.transforms.ops.pixels8 import LookApplier
 from chromabeam.transforms.ops.style import apply_curves
 from chromabeam.transforms.look_handler import LookHandler
 from chromabeam.transforms.read import ReadImages
@@ -50,7 +50,6 @@ from chromabeam.transforms.stylize_handler import (
 TASK = "stylize"
 METHODS = ("look", "dncm")
 TABULATED_LOOKS = 8  # per worker: a tabulated look holds 64 MB (pixels8.LookApplier)
-MODEL_NAMES = {"look": "look", "dncm": "dncm"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +78,9 @@ class StylizeOptions:
             raise JobError("--batch-size must be at least 1")
 
 
-def apply_look(pixels: np.ndarray, lut: np.ndarray, *, exact: bool = False) -> np.ndarray:
-    """uint8 ``(H, W, 3)`` through a look ``(S, S, S, 3)``: Pillow's 8-bit C LUT, or
-    (``exact``) trilinear in float torch, rounded once at the end."""
-    if not exact:
-        return lut_uint8(pixels, lut)
+def apply_look_exact(pixels: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """``--exact``: uint8 ``(H, W, 3)`` through a look ``(S, S, S, 3)`` trilinearly in float
+    torch, rounded once at the end (the default path is ``pixels8.LookApplier``)."""
     from chromabeam.transforms.ops.lut import apply_lut
 
     with torch.inference_mode():
@@ -158,7 +155,7 @@ class StylizeFn(beam.DoFn):
         for key in sorted(styles):
             entry = styles[key]
             if entry.lut is not None and self._exact:
-                pixels = apply_look(image.pixels, entry.lut, exact=True)
+                pixels = apply_look_exact(image.pixels, entry.lut)
             elif entry.lut is not None:
                 pixels = self._look(key, entry.lut)(image.pixels)
             else:
@@ -194,7 +191,7 @@ class Stylize(beam.PTransform):
             | "StyleByKey" >> beam.Map(lambda pr: (pr.inference.key, pr.inference))
         )
         split = units | "Decode" >> beam.ParDo(SplitDecodedFn(max_pixels=o.max_pixels)).with_outputs("errors", main="ok")
-        model_name = MODEL_NAMES[o.method]
+        model_name = o.method  # the manifest's model_name: "look" or "dncm"
         errors = split.errors | "ErrorRows" >> beam.ParDo(
             ErrorRowsFn(style_keys=tuple(s.key for s in o.styles), sha256=o.weights_sha256, model_name=model_name))
         contents = split.ok if look else (

@@ -284,3 +284,27 @@ def parquet_shard(
     buf = io.BytesIO()
     pq.write_table(table, buf)
     return buf.getvalue()
+
+
+def thumbnail(path: str, side: int) -> np.ndarray:
+    """A photo file as uint8 RGB ``(h, w, 3)`` with its long side at most ``side``."""
+    im = Image.open(path).convert("RGB")
+    im.thumbnail((side, side))
+    return np.asarray(im)
+
+
+def styling_inputs(root, sides: Sequence[int] = (96, 80, 72)) -> list[str]:
+    """``root/in``: the first bundled demo photos as small PNGs (long sides ``sides``) and
+    ``broken.png`` (a PNG signature, then junk). Returns all demo photo paths, sorted."""
+    import glob
+    import os
+
+    from chromabeam.pipelines.demo import photos_url
+
+    src = root / "in"
+    src.mkdir()
+    photos = sorted(glob.glob(os.path.join(photos_url(), "*.jpg")))
+    for path, side in zip(photos, sides):
+        Image.fromarray(thumbnail(path, side)).save(src / os.path.basename(path).replace(".jpg", ".png"))
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return photos

@@ -40,7 +40,7 @@ def test_an_untrained_bank_adds_nothing():
     plain = Restorer(**SMALL, pretrained=False).eval()
     banked = Restorer(**SMALL, bank=3, pretrained=False).eval()
     banked.load_state_dict(plain.state_dict(), strict=False)
-    banked.set_bank(torch.rand(3, 3, 9, 9, 9), torch.zeros(180), torch.ones(180))
+    banked.set_bank(torch.rand(3, 3, 9, 9, 9))
     x = _float(_photo("coffee", 80, 60))
     with torch.inference_mode():
         torch.testing.assert_close(banked(x), plain(x), rtol=0, atol=1e-6)
@@ -51,7 +51,7 @@ def test_the_classifier_picks_a_table_at_a_strength():
     torch.manual_seed(1)
     model = Restorer(**SMALL, bank=2, pretrained=False).eval()
     tables = torch.stack([lut3d_identity(9).flip(0), lut3d_identity(9) ** 2])  # channel swap, gamma 2
-    model.set_bank(tables, torch.zeros(180), torch.ones(180))
+    model.set_bank(tables)
     with torch.no_grad():  # force "filter 2 (index 1), strength sigmoid(0) = 0.5"
         last = model.bank_head[-1]
         last.bias.zero_()
@@ -84,7 +84,7 @@ def test_train_bank_learns_to_recognise_filters_and_round_trips(tmp_path):
     looks.config = type(looks.config)(mode="removal", filters=tuple(filters), grade_prob=0.0, identity_prob=0.3,
                                       lut_strength=(1.0, 1.0), perturb="none", vignette_prob=0.0)
     model = Restorer(**SMALL, bank=len(filters), pretrained=False)
-    model.set_bank(inverse_filter_tables(looks.images, filters, 9, side=64), model.bank_mean, model.bank_scale)
+    model.set_bank(inverse_filter_tables(looks.images, filters, 9, side=64))
     feats, labels, strengths = bank_dataset(model, looks, filters, 600, 64, np.random.default_rng(0))
     assert feats.shape == (600, 180) and set(labels.tolist()) == {0, 1, 2, 3}
     assert torch.all(strengths[labels > 0] == 1.0)
@@ -99,15 +99,22 @@ def test_train_bank_learns_to_recognise_filters_and_round_trips(tmp_path):
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=1e-6)
 
 
-def test_image_loss_training_leaves_the_bank_classifier_alone():
+def _bank_tuning(**cfg_kw):
+    """One photo's looks, a small banked restorer whose classifier has random weights, and
+    a 3-step training config."""
     looks = PhotoLooks([_photo("coffee", 96, 96)], ["coffee"], identity_prob=0.0)
     init = Restorer(**SMALL, bank=2, pretrained=False)
-    init.set_bank(torch.rand(2, 3, 9, 9, 9), torch.zeros(180), torch.ones(180))
+    init.set_bank(torch.rand(2, 3, 9, 9, 9))
     with torch.no_grad():
         init.bank_head[-1].weight.normal_()
-    before = {k: v.clone() for k, v in init.state_dict().items() if k.startswith("bank")}
     cfg = TrainConfig(steps=3, batch=2, crop=64, loss_size=32, device="cpu", model=SMALL, log_every=1,
-                      checkpoint_every=100)
+                      checkpoint_every=100, **cfg_kw)
+    return looks, init, cfg
+
+
+def test_image_loss_training_leaves_the_bank_classifier_alone():
+    looks, init, cfg = _bank_tuning()
+    before = {k: v.clone() for k, v in init.state_dict().items() if k.startswith("bank")}
     model, _ = train(looks, cfg, init=init)
     after = model.state_dict()
     for k, v in before.items():
@@ -120,8 +127,8 @@ def test_consistency_features_tell_a_filters_output_from_a_clean_photo():
     inverse, forward = inverse_filter_tables(fit_on, ["gingham", "willow"], 17, side=96, forward=True)
     model = Restorer(**{**SMALL, "lut_size": 17}, bank=2, bank_consistency=True, pretrained=False).eval()
     with pytest.raises(ValueError, match="forward must be"):
-        model.set_bank(inverse, torch.zeros(184), torch.ones(184))
-    model.set_bank(inverse, torch.zeros(184), torch.ones(184), forward)
+        model.set_bank(inverse)
+    model.set_bank(inverse, forward)
     assert model.config["bank_consistency"] is True
     clean = _float(_photo("chelsea", 128, 96))
     views = torch.cat([clean] + [apply_filter(clean, f, 1.0).clamp(0, 1).mul(255).round().div(255)
@@ -138,14 +145,9 @@ def test_consistency_features_tell_a_filters_output_from_a_clean_photo():
 
 
 def test_bank_lr_scale_lets_the_image_loss_tune_the_classifier():
-    looks = PhotoLooks([_photo("coffee", 96, 96)], ["coffee"], identity_prob=0.0)
-    init = Restorer(**SMALL, bank=2, pretrained=False)
-    init.set_bank(torch.rand(2, 3, 9, 9, 9), torch.zeros(180), torch.ones(180))
+    looks, init, cfg = _bank_tuning(bank_lr_scale=0.5)
     with torch.no_grad():
-        init.bank_head[-1].weight.normal_()
         init.bank_head[-1].bias[0] = 0.0  # not certain of "no filter": the bank gets a gradient
-    cfg = TrainConfig(steps=3, batch=2, crop=64, loss_size=32, device="cpu", model=SMALL, log_every=1,
-                      checkpoint_every=100, bank_lr_scale=0.5)
     model, _ = train(looks, cfg, init=init)
     before, after = init.state_dict(), model.state_dict()
     assert not torch.equal(after["bank_head.6.weight"], before["bank_head.6.weight"])

@@ -9,7 +9,6 @@ directly to within 3/255 (mean < 0.5/255), and the ``--exact`` float path to 1/2
 batching equals one-by-one; presets round-trip; CUDA asked for without CUDA is an error.
 """
 import argparse
-import glob
 import json
 import os
 
@@ -19,7 +18,6 @@ import torch
 from PIL import Image
 
 from chromabeam.pipelines import stylize
-from chromabeam.pipelines.demo import photos_url
 from chromabeam.pipelines.job import JobError, read_manifest
 from chromabeam.pipelines.preset import add_preset_arguments, create_preset, list_presets, preset_command, shipped_preset
 from chromabeam.schemas.records import DecodedImage
@@ -29,15 +27,10 @@ from chromabeam.transforms.ops.imageio import decode_image, to_float
 from chromabeam.transforms.stylize_handler import (
     ContentHandler, StyleHandler, dncm_lut_table, default_weights, style_source, weights_sha256,
 )
+from corpus import styling_inputs, thumbnail
 
 WEIGHTS = default_weights()
 SHA = weights_sha256(WEIGHTS)
-
-
-def _small(path, side):
-    im = Image.open(path).convert("RGB")
-    im.thumbnail((side, side))
-    return np.asarray(im)
 
 
 def _graded(pixels, gains):
@@ -47,14 +40,9 @@ def _graded(pixels, gains):
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("stylize")
-    src = root / "in"
-    src.mkdir()
-    photos = sorted(glob.glob(os.path.join(photos_url(), "*.jpg")))
-    for path, side in zip(photos[:3], (96, 80, 72)):
-        Image.fromarray(_small(path, side)).save(src / os.path.basename(path).replace(".jpg", ".png"))
-    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    photos = styling_inputs(root)
     # references: another photo, strongly warm- and cool-graded (channel gains)
-    base = _small(photos[4], 128)  # motorcycle: varied colours (hubble, [3], is mostly black)
+    base = thumbnail(photos[4], 128)  # motorcycle: varied colours (hubble, [3], is mostly black)
     Image.fromarray(_graded(base, (1.25, 1.0, 0.6))).save(root / "warm.png")
     Image.fromarray(_graded(base, (0.65, 0.95, 1.3))).save(root / "cool.png")
     return root

@@ -9,7 +9,6 @@ OUT.cube`` gives the same output as the reference image itself; an unreadable re
 gets one error row per style.
 """
 import argparse
-import glob
 import json
 import os
 
@@ -18,7 +17,6 @@ import pytest
 from PIL import Image
 
 from chromabeam.pipelines import stylize
-from chromabeam.pipelines.demo import photos_url
 from chromabeam.pipelines.job import read_manifest
 from chromabeam.pipelines.preset import add_preset_arguments, list_presets, preset_command, shipped_preset
 from chromabeam.pipelines.restore import default_weights
@@ -27,26 +25,17 @@ from chromabeam.transforms.ops.imageio import decode_image
 from chromabeam.transforms.ops.lut import LUT3D, format_cube, identity_table, parse_cube
 from chromabeam.transforms.ops.pixels8 import lut_uint8
 from chromabeam.transforms.stylize_handler import read_look
+from corpus import styling_inputs, thumbnail
 
 RESTORER, RESTORER_SHA = default_weights()
 
-
-def _small(path, side):
-    im = Image.open(path).convert("RGB")
-    im.thumbnail((side, side))
-    return np.asarray(im)
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("look")
-    src = root / "in"
-    src.mkdir()
-    photos = sorted(glob.glob(os.path.join(photos_url(), "*.jpg")))
-    for path, side in zip(photos[:3], (96, 80, 72)):
-        Image.fromarray(_small(path, side)).save(src / os.path.basename(path).replace(".jpg", ".png"))
-    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    base = _small(photos[4], 128).astype(np.float64)
+    photos = styling_inputs(root)
+    base = thumbnail(photos[4], 128).astype(np.float64)
     Image.fromarray(np.clip(base * (1.2, 1.0, 0.7), 0, 255).round().astype(np.uint8)).save(root / "warm.png")
     # a user's own .cube: swap red and blue
     swap = identity_table(9)[..., ::-1].copy()

@@ -26,14 +26,10 @@ from chromabeam.transforms.ops.imageio import to_float, to_uint8
 from chromabeam.transforms.ops.lut import identity_table
 from chromabeam.transforms.ops.pixels8 import lut_uint8
 from chromabeam.transforms.stylize_handler import StyleSource, read_look, style_source
+from corpus import thumbnail
 
 PHOTOS = sorted(glob.glob(os.path.join(photos_url(), "*.jpg")))
 
-
-def _small(path, side):
-    im = Image.open(path).convert("RGB")
-    im.thumbnail((side, side))
-    return np.asarray(im)
 
 
 def _psnr(a, b):
@@ -56,7 +52,7 @@ def handler_and_model():
 
 def test_a_restorer_that_changes_nothing_gives_the_identity_look():
     identity = Restorer(encoder="stats", view_size=64, width=8, lut_basis=2, pretrained=False).eval()
-    table = fit_look(identity, _small(PHOTOS[4], 96))
+    table = fit_look(identity, thumbnail(PHOTOS[4], 96))
     assert table.shape == (LOOK_LUT_SIZE,) * 3 + (3,) and table.dtype == np.float32
     np.testing.assert_allclose(table, identity_table(LOOK_LUT_SIZE), rtol=0, atol=2e-6)
 
@@ -67,10 +63,10 @@ def test_a_restorer_that_changes_nothing_gives_the_identity_look():
 @pytest.mark.parametrize("look, least", [("1977", 15.0), ("faded", 2.0)])
 def test_the_fitted_look_moves_other_photos_towards_the_grade(handler_and_model, look, least):
     _, model = handler_and_model
-    table = fit_look(model, _grade(_small(PHOTOS[4], 128), look))  # motorcycle: varied colours
+    table = fit_look(model, _grade(thumbnail(PHOTOS[4], 128), look))  # motorcycle: varied colours
     gains = []
     for path in PHOTOS[:3]:
-        content = _small(path, 96)
+        content = thumbnail(path, 96)
         truth = _grade(content, look)
         gains.append(_psnr(lut_uint8(content, table), truth) - _psnr(content, truth))
     assert min(gains) > least, gains
@@ -78,7 +74,7 @@ def test_the_fitted_look_moves_other_photos_towards_the_grade(handler_and_model,
 
 def test_the_reference_is_fitted_at_most_reference_side(handler_and_model):
     _, model = handler_and_model
-    ref = _grade(_small(PHOTOS[4], 256), "warm")
+    ref = _grade(thumbnail(PHOTOS[4], 256), "warm")
     big = np.asarray(Image.fromarray(ref).resize((1024, 1024 * ref.shape[0] // ref.shape[1]), Image.BILINEAR))
     seen = []
     hook = model.register_forward_pre_hook(lambda mod, args: seen.append(tuple(args[0].shape)))
@@ -103,7 +99,7 @@ def test_handler_passes_cube_looks_through_and_refuses_dncm_presets(handler_and_
 def test_an_image_reference_is_restored_once_and_fitted(handler_and_model, tmp_path):
     handler, model = handler_and_model
     path = tmp_path / "ref.png"
-    Image.fromarray(_grade(_small(PHOTOS[4], 96), "1977")).save(path)
+    Image.fromarray(_grade(thumbnail(PHOTOS[4], 96), "1977")).save(path)
     (result,) = handler.run_inference([style_source(str(path), "look")], model)
     entry = result.inference
     assert entry.kind == "image" and entry.key == "ref" and result.model_id == model.weights_sha256
