@@ -30,7 +30,6 @@ from corpus import styling_inputs, thumbnail
 RESTORER, RESTORER_SHA = default_weights()
 
 
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("look")

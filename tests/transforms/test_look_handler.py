@@ -31,7 +31,6 @@ from corpus import thumbnail
 PHOTOS = sorted(glob.glob(os.path.join(photos_url(), "*.jpg")))
 
 
-
 def _psnr(a, b):
     return 10 * np.log10(255.0 ** 2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
 
