@@ -45,6 +45,7 @@ setup(
         "gcsfs>=2024.6",
         "s3fs>=2024.6",
         "pillow>=10.3",
+        "numba>=0.59",  # the restorer's compiled 8-bit residual + LUT pass (transforms/ops/lut_kernel.py)
         "safetensors>=0.4",
         "pyyaml>=6",
         "duckdb>=1.1",

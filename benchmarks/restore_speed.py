@@ -6,7 +6,8 @@ CPU: the EVAL photos at ``--size`` long side, filtered (one IFFI filter each) an
 as JPEG q95. The floor is decode + encode (Pillow, what every restore job does anyway);
 restore is decode + model + encode, for the default 8-bit fast path and the exact float
 path, each run two ways — one image per model call, and the views of a batch of 8 images
-through the encoder together (the pixels are then mapped per image); then how far the
+through the encoder together (the pixels are then mapped per image); the fast path's
+cost per image by stage, with the pixel pass it replaced (Pillow); then how far the
 fast path's output is from the exact path's (PSNR). The ratio is restore throughput / floor throughput (1.0 = as fast as just
 re-encoding). Best of ``--repeats`` runs of the whole set.
 
@@ -90,6 +91,53 @@ def fast_vs_exact(model, files: list[bytes]) -> float:
     return float(np.mean(vals))
 
 
+def stages(model, files: list[bytes], repeats: int) -> list[tuple[str, float]]:
+    """Per-image milliseconds of each stage of the fast path (means over the set, best of
+    ``repeats``), and the pixel pass it replaced: Pillow's LUT after the residual's
+    upsample-and-add in numpy."""
+    from PIL import Image, ImageFilter
+
+    from chromabeam.transforms.ops.lut_kernel import residual_lut_uint8
+    from chromabeam.transforms.ops.pixels8 import resize_uint8
+    from chromabeam.transforms.restore_handler import LOW_SIDE, _float
+
+    dev, imgs = torch.device("cpu"), [decode_image(b) for b in files]
+    smalls = [resize_uint8(im, (max(1, round(im.shape[1] * LOW_SIDE / max(im.shape[:2]))),
+                                max(1, round(im.shape[0] * LOW_SIDE / max(im.shape[:2]))))) for im in imgs]
+    s = model.view_size
+    with torch.inference_mode():
+        views = [_float(resize_uint8(sm, (s, s)), dev) for sm in smalls]
+        preds = [model.heads(v, *model.encode(v)) for v in views]
+        tables = [lut[0].permute(1, 2, 3, 0).numpy() for lut, _ in preds]
+        residuals = [(model.apply_local(_float(sm, dev), grid) - _float(sm, dev))[0].permute(1, 2, 0).numpy()
+                     for sm, (_, grid) in zip(smalls, preds)]
+
+    def pillow_pass(im, table, res):  # the previous release's pass: 8-bit coded residual, then Color3DLUT
+        coded = np.clip(np.rint(res * 255.0) + 128.0, 0, 255).astype(np.uint8)
+        up = np.asarray(Image.fromarray(coded, "RGB").resize((im.shape[1], im.shape[0]), Image.BILINEAR))
+        summed = np.clip(im.astype(np.int16) + up - 128, 0, 255).astype(np.uint8)
+        flt = ImageFilter.Color3DLUT(table.shape[0], np.clip(table, 0, 1).reshape(-1))
+        return Image.fromarray(summed, "RGB").filter(flt)
+
+    def per_image(fn):
+        return _best(lambda: [fn(i) for i in range(len(imgs))], repeats) / len(imgs) * 1000
+
+    with torch.inference_mode():
+        rows = [
+            ("JPEG decode", per_image(lambda i: decode_image(files[i]))),
+            ("JPEG encode q95", per_image(lambda i: encode_image(imgs[i], "jpg", 95))),
+            (f"shrink to {LOW_SIDE} px + view", per_image(lambda i: resize_uint8(resize_uint8(
+                imgs[i], smalls[i].shape[1::-1]), (s, s)))),
+            ("model: colour statistics + heads", per_image(lambda i: model.heads(views[i], *model.encode(views[i])))),
+            (f"local grid at {LOW_SIDE} px", per_image(lambda i: model.apply_local(_float(smalls[i], dev), preds[i][1]))),
+            ("pixel pass: compiled residual + LUT (default)", per_image(
+                lambda i: residual_lut_uint8(imgs[i], tables[i], residuals[i]))),
+            ("pixel pass: numpy residual + Pillow LUT (previous)", per_image(
+                lambda i: pillow_pass(imgs[i], tables[i], residuals[i]))),
+        ]
+    return rows
+
+
 def cuda_times(model, repeats: int) -> list[tuple[str, float]]:
     dev = torch.device("cuda")
     model = model.to(dev)
@@ -128,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | --- | --- |")
     for label, t, ratio in cpu_table(model, files, args.repeats):
         print(f"| {label} | {t:.2f} | {len(files) / t:.2f} | {ratio:.2f} |")
+    print("\nper image, fast path by stage (ms):")
+    print("| stage | ms |")
+    print("| --- | --- |")
+    for label, ms in stages(model, files, args.repeats):
+        print(f"| {label} | {ms:.1f} |")
     if torch.cuda.is_available():
         print(f"\nCUDA ({torch.cuda.get_device_name(0)}): per-image model time, transfers included")
         for label, t in cuda_times(model, args.repeats):

@@ -21,7 +21,8 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from chromabeam.transforms.devices import resolve_device
 from chromabeam.transforms.ops.imageio import to_uint8
-from chromabeam.transforms.ops.pixels8 import add_smooth_residual, lut_uint8, resize_uint8
+from chromabeam.transforms.ops.lut_kernel import residual_lut_uint8
+from chromabeam.transforms.ops.pixels8 import resize_uint8
 
 __all__ = ["RestoreInput", "RestoreModelHandler", "restore_pixels", "restore_pixels_fast"]
 
@@ -82,7 +83,8 @@ def restore_pixels_fast(model: torch.nn.Module, images: Sequence[np.ndarray], de
     """The 8-bit CPU path of ``restore_pixels``: views resized by Pillow; per image
     ``LUT(x + up(A(x_low) − x_low))`` — the grid's local affine ``A`` computed exactly at
     ``low_side`` px and its correction upsampled (vignettes and gradients vary slowly),
-    then the LUT through Pillow's C code on the full-size uint8 pixels. Images no larger
+    then the residual's bilinear upsample and the LUT in one compiled pass over the
+    full-size uint8 pixels (``lut_kernel.residual_lut_uint8``). Images no larger
     than ``low_side`` are mapped exactly. docs/restorer.md measures speed and the
     difference to the exact path."""
     s = model.view_size
@@ -107,9 +109,7 @@ def restore_pixels_fast(model: torch.nn.Module, images: Sequence[np.ndarray], de
                 small = resize_uint8(small, (max(1, round(w * scale)), max(1, round(h * scale))))
             xs = _float(small, device)
             local = (model.apply_local(xs, grid) - xs)[0].permute(1, 2, 0).cpu().numpy()
-            if np.abs(local).max() >= 0.5 / 255:
-                im = add_smooth_residual(im, local)
-            out.append(lut_uint8(im, table))
+            out.append(residual_lut_uint8(im, table, local if np.abs(local).max() >= 0.5 / 255 else None))
     return out
 
 

@@ -192,7 +192,7 @@ def test_cuda_requested_but_absent_is_an_error(tmp_path, shard, tiny_weights):
 
 
 def test_fast_cpu_path_agrees_with_the_exact_path():
-    """The default CPU path (Pillow LUT + smooth low-resolution residual) against the exact
+    """The default CPU path (compiled LUT + smooth low-resolution residual) against the exact
     float path, on a model whose LUT and grid both do something."""
     torch.manual_seed(14)
     m = Restorer(pretrained=False, encoder="stats", view_size=64, width=16).eval()

@@ -7,19 +7,17 @@ pixel costs more than the JPEG decode and encode around it.
 - ``LookApplier(table)``: the same LUT for many images: Pillow until the look has mapped
   2²⁴ pixels, then every 8-bit colour's result is tabulated once (Pillow's own output on
   all 2²⁴ colours, 64 MB) and each image is one gather — bit-identical, ~5× faster at 4K (benchmarks/stylize_speed.py (c));
-- ``resize_uint8(pixels, (w, h))``: antialiased bilinear resize;
-- ``add_smooth_residual(base, residual)``: ``base`` uint8 ``(H, W, 3)`` plus a float
-  residual ``(h, w, 3)`` (in [0, 1] units, |r| < 0.5) computed at low resolution and
-  upsampled bilinearly to ``base``'s size — for corrections that vary slowly across the
-  image (vignettes, gradients). The residual travels as 8 bits (offset 128), so the
-  result is within about one level of the float sum.
+- ``resize_uint8(pixels, (w, h))``: antialiased bilinear resize.
+
+(The restorer's per-image map, a residual plus a LUT, has its own compiled kernel:
+``lut_kernel.residual_lut_uint8``.)
 """
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-__all__ = ["MAX_LUT", "lut_uint8", "LookApplier", "resize_uint8", "add_smooth_residual"]
+__all__ = ["MAX_LUT", "lut_uint8", "LookApplier", "resize_uint8"]
 
 MAX_LUT = 65  # Pillow's Color3DLUT size limit
 
@@ -93,19 +91,3 @@ def resize_uint8(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if (pixels.shape[1], pixels.shape[0]) == tuple(size):
         return pixels
     return np.asarray(Image.fromarray(pixels, "RGB").resize(tuple(size), Image.BILINEAR))
-
-
-def add_smooth_residual(base: np.ndarray, residual: np.ndarray) -> np.ndarray:
-    """``base`` uint8 ``(H, W, 3)`` + ``residual`` float ``(h, w, 3)`` upsampled to
-    ``(H, W)`` → uint8 ``(H, W, 3)`` (clipped)."""
-    _check_pixels(base, "add_smooth_residual")
-    r = np.asarray(residual, dtype=np.float32)
-    if r.ndim != 3 or r.shape[2] != 3:
-        raise ValueError(f"add_smooth_residual: residual must be (h, w, 3), got {r.shape}")
-    coded = np.clip(np.rint(r * 255.0) + 128.0, 0, 255).astype(np.uint8)
-    up = np.asarray(Image.fromarray(coded, "RGB").resize((base.shape[1], base.shape[0]), Image.BILINEAR))
-    out = base.astype(np.int16)
-    out += up
-    out -= 128
-    np.clip(out, 0, 255, out=out)
-    return out.astype(np.uint8)

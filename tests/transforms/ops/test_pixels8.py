@@ -1,12 +1,12 @@
 """transforms.ops.pixels8 — Pillow's 8-bit LUT against the float trilinear LUT, the
-smooth residual against the float sum, and input checks."""
+tabulated look, and input checks."""
 import numpy as np
 import pytest
 import torch
 
 from chromabeam.transforms.ops.dncm import lut3d_apply
 from chromabeam.transforms.ops.lut import identity_table
-from chromabeam.transforms.ops.pixels8 import add_smooth_residual, lut_uint8, resize_uint8
+from chromabeam.transforms.ops.pixels8 import lut_uint8, resize_uint8
 
 
 def _pixels(h=37, w=53, seed=0):
@@ -26,23 +26,6 @@ def test_lut_uint8_matches_float_trilinear_within_one_level():
     assert got.shape == px.shape and got.dtype == np.uint8
 
 
-def test_add_smooth_residual_adds_a_constant_and_clips():
-    base = _pixels(20, 30, seed=1)
-    out = add_smooth_residual(base, np.full((4, 6, 3), 0.1, np.float32))
-    want = np.clip(base.astype(int) + 26, 0, 255)  # 0.1 · 255 = 25.5 → coded as 26
-    assert np.abs(out.astype(int) - want).max() == 0
-    zero = add_smooth_residual(base, np.zeros((4, 6, 3), np.float32))
-    np.testing.assert_array_equal(zero, base)
-
-
-def test_add_smooth_residual_upsamples_a_gradient_bilinearly():
-    base = np.full((40, 80, 3), 100, np.uint8)
-    ramp = np.linspace(-0.2, 0.2, 8, dtype=np.float32)[None, :, None].repeat(4, 0).repeat(3, 2)
-    out = add_smooth_residual(base, ramp).astype(int)
-    assert out[:, 0].mean() < 60 and out[:, -1].mean() > 140  # the ends follow the residual
-    assert np.all(np.diff(out[20, :, 0]) >= 0)  # monotone across: no blocks or seams
-
-
 def test_resize_and_checks():
     px = _pixels(30, 40)
     assert resize_uint8(px, (20, 15)).shape == (15, 20, 3)
@@ -51,8 +34,6 @@ def test_resize_and_checks():
         lut_uint8(px.astype(np.float32), np.zeros((2, 2, 2, 3)))
     with pytest.raises(ValueError, match=r"\(S, S, S, 3\)"):
         lut_uint8(px, np.zeros((2, 3, 2, 3)))
-    with pytest.raises(ValueError, match="residual"):
-        add_smooth_residual(px, np.zeros((4, 4)))
 
 
 def test_look_applier_is_pillow_then_a_bit_identical_table():
