@@ -21,7 +21,17 @@ import numpy as np
 __all__ = ["residual_lut_uint8"]
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+def _compiled(fn):
+    """``numba.njit``, cached on disk where numba finds a writable cache folder (next to
+    this file, else the user's cache); on a read-only install with no writable home the
+    kernel is compiled once per process instead (~1 s) rather than failing the import."""
+    try:
+        return numba.njit(cache=True, nogil=True, fastmath=True)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(cache=False, nogil=True, fastmath=True)(fn)
+
+
+@_compiled
 def _kernel(pixels, table, residual, out):  # pragma: no cover - compiled; tested through the wrapper
     h, w = pixels.shape[0], pixels.shape[1]
     n = table.shape[0]
