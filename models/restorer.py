@@ -20,8 +20,11 @@ Instagram-style filters are mostly global tone/colour curves plus smooth spatial
     colour statistics do far better than they regress a whole inverse; and "no filter"
     is a class, so clean photos come back (nearly) unchanged. With
     ``bank_consistency`` the classifier also sees how far the view is from each
-    filter's range (undo f, redo f, compare). The bank is trained apart from the rest
-    (``train_restorer.train_bank``).
+    filter's range (undo f, redo f, compare). With ``bank_other`` a last class, "another
+    look" (a grade, any look not in the bank), takes what class 0 would otherwise hold
+    besides clean photos; it adds no inverse. With ``bank_heads=K`` K classifiers
+    (trained on different shuffles) average their weights. The bank is trained apart
+    from the rest (``train_restorer.train_bank``).
 
 At full resolution each pixel goes through the sliced affine first (undo the spatial
 part), then the LUT (undo the global curve). Both are applied in row chunks, so memory
@@ -112,6 +115,8 @@ class Restorer(nn.Module):
         pretrained: bool = True,
         bank: int = 0,
         bank_consistency: bool = False,
+        bank_other: bool = False,
+        bank_heads: int = 1,
     ):
         super().__init__()
         if (lut_size < 2 or lut_basis < 1 or grid_size < 1 or grid_bins < 1 or view_size < 32 or width < 1
@@ -123,8 +128,8 @@ class Restorer(nn.Module):
             )
         if encoder not in ENCODERS:
             raise ValueError(f"Restorer: encoder must be one of {ENCODERS}, got {encoder!r}")
-        if bank < 0:
-            raise ValueError(f"Restorer: bank must be >= 0, got {bank}")
+        if bank < 0 or bank_heads < 1:
+            raise ValueError(f"Restorer: bank must be >= 0 and bank_heads >= 1, got {bank}, {bank_heads}")
         self.encoder_kind = encoder
         self.lut_size, self.lut_basis_count = int(lut_size), int(lut_basis)
         self.grid_size, self.grid_bins = int(grid_size), int(grid_bins)
@@ -169,6 +174,8 @@ class Restorer(nn.Module):
             self.guide.bias.zero_()
         self.bank_size = int(bank)
         self.bank_consistency = bool(bank_consistency) and self.bank_size > 0
+        self.bank_other = bool(bank_other) and self.bank_size > 0
+        self.bank_head_count = int(bank_heads) if self.bank_size else 1
         if self.bank_size:
             # The filter bank: fixed inverse LUTs (as residuals from the identity) and a
             # classifier on the view's standardised colour statistics → "which filter, how
@@ -181,19 +188,30 @@ class Restorer(nn.Module):
                 self.register_buffer("bank_forward", torch.zeros(self.bank_size, 3, lut_size, lut_size, lut_size))
             self.register_buffer("bank_mean", torch.zeros(n_feat))
             self.register_buffer("bank_scale", torch.ones(n_feat))
-            self.bank_head = nn.Sequential(
-                nn.Linear(n_feat, _BANK_HIDDEN), nn.ReLU(), nn.Dropout(0.2),
-                nn.Linear(_BANK_HIDDEN, _BANK_HIDDEN), nn.ReLU(), nn.Dropout(0.2),
-                nn.Linear(_BANK_HIDDEN, 1 + 2 * self.bank_size),
-            )
-            nn.init.zeros_(self.bank_head[-1].weight)
-            with torch.no_grad():  # untrained: "no filter" with certainty → the bank adds nothing
-                self.bank_head[-1].bias.zero_()
-                self.bank_head[-1].bias[0] = 20.0
+            self.bank_classes = 1 + self.bank_size + int(self.bank_other)
+            heads = [self._new_bank_head(n_feat) for _ in range(self.bank_head_count)]
+            # one head keeps the single-head layout (``bank_head.N.*``) of earlier weights
+            self.bank_head = heads[0] if self.bank_head_count == 1 else nn.ModuleList(heads)
         self.register_buffer("_lut_identity", lut3d_identity(lut_size).unsqueeze(0), persistent=False)
         self.register_buffer(
             "_grid_identity", affine_identity_grid(grid_bins, grid_size, grid_size), persistent=False
         )
+
+    def _new_bank_head(self, n_feat: int) -> nn.Module:
+        head = nn.Sequential(
+            nn.Linear(n_feat, _BANK_HIDDEN), nn.ReLU(), nn.Dropout(0.2),
+            nn.Linear(_BANK_HIDDEN, _BANK_HIDDEN), nn.ReLU(), nn.Dropout(0.2),
+            nn.Linear(_BANK_HIDDEN, self.bank_classes + self.bank_size),
+        )
+        nn.init.zeros_(head[-1].weight)
+        with torch.no_grad():  # untrained: "no filter" with certainty → the bank adds nothing
+            head[-1].bias.zero_()
+            head[-1].bias[0] = 20.0
+        return head
+
+    def bank_head_list(self) -> list[nn.Module]:
+        """The bank's classifiers (one unless ``bank_heads`` > 1)."""
+        return list(self.bank_head) if isinstance(self.bank_head, nn.ModuleList) else [self.bank_head]
 
     @property
     def config(self) -> dict:
@@ -210,6 +228,8 @@ class Restorer(nn.Module):
             "encoder": self.encoder_kind,
             **({"bank": self.bank_size} if self.bank_size else {}),
             **({"bank_consistency": True} if self.bank_consistency else {}),
+            **({"bank_other": True} if self.bank_other else {}),
+            **({"bank_heads": self.bank_head_count} if self.bank_head_count > 1 else {}),
         }
 
     @staticmethod
@@ -280,16 +300,21 @@ class Restorer(nn.Module):
         err = (back - xs).abs().amax(dim=1).view(b, n, -1)
         return torch.cat([err.mean(dim=2), (err > 3 / 255).float().mean(dim=2)], dim=1)
 
-    def bank_logits(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``bank_inputs`` ``(B, F)`` → (class logits ``(B, 1 + bank)``, class 0 = no
-        filter; strength logits ``(B, bank)``)."""
-        out = self.bank_head((feats - self.bank_mean) / self.bank_scale)
-        return out[:, : 1 + self.bank_size], out[:, 1 + self.bank_size:]
+    def bank_logits(self, feats: torch.Tensor, head: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``bank_inputs`` ``(B, F)`` → one classifier's (class logits ``(B, classes)``:
+        class 0 = no filter, 1..bank the filters, then "another look" with ``bank_other``;
+        strength logits ``(B, bank)``)."""
+        out = self.bank_head_list()[head]((feats - self.bank_mean) / self.bank_scale)
+        return out[:, : self.bank_classes], out[:, self.bank_classes:]
 
     def bank_weights(self, feats: torch.Tensor) -> torch.Tensor:
-        """``(B, F)`` → each bank LUT's weight ``(B, bank)``: P(filter) · predicted strength."""
-        logits, strength = self.bank_logits(feats)
-        return logits.softmax(dim=1)[:, 1:] * torch.sigmoid(strength)
+        """``(B, F)`` → each bank LUT's weight ``(B, bank)``: P(filter) · predicted strength,
+        averaged over the classifiers."""
+        weights = []
+        for h in range(self.bank_head_count):
+            logits, strength = self.bank_logits(feats, h)
+            weights.append(logits.softmax(dim=1)[:, 1:1 + self.bank_size] * torch.sigmoid(strength))
+        return weights[0] if len(weights) == 1 else torch.stack(weights).mean(dim=0)
 
     def set_bank(self, tables: torch.Tensor, forward: torch.Tensor | None = None) -> None:
         """Install the bank's LUTs: ``tables`` ``(bank, 3, S, S, S)`` full inverse LUTs

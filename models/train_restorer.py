@@ -291,14 +291,17 @@ def inverse_filter_tables(images: list[np.ndarray], filters: list[str], size: in
 def bank_dataset(model: Restorer, looks: "PhotoLooks", filters: list[str], samples: int, crop: int,
                  rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``samples`` fresh looks on TRAIN crops → (what the bank's classifier sees of each
-    view, ``model.bank_inputs`` ``(N, F)``, class ``(N,)`` — 1 + the filter's index, 0 for anything else —,
-    strength ``(N,)``)."""
+    view, ``model.bank_inputs`` ``(N, F)``, class ``(N,)`` — 1 + the filter's index; 0 for
+    a clean input, and for any other look too unless the model has the ``bank_other``
+    class (then 1 + bank) —, strength ``(N,)``)."""
     feats, labels, strengths = [], [], []
     while len(labels) < samples:
         x, _, specs = looks.sample_with_specs(min(64, samples - len(labels)), crop, rng)
         with torch.no_grad():
             feats.append(model.bank_inputs(model.view(x)))
-        labels += [filters.index(sp["id"]) + 1 if sp["family"] == "filter" else 0 for sp in specs]
+        other = len(filters) + 1 if model.bank_other else 0
+        labels += [filters.index(sp["id"]) + 1 if sp["family"] == "filter" else 0 if sp["family"] == "identity" else other
+                   for sp in specs]
         strengths += [float(sp["strength"]) for sp in specs]
     return torch.cat(feats), torch.tensor(labels), torch.tensor(strengths, dtype=torch.float32)
 
@@ -306,10 +309,11 @@ def bank_dataset(model: Restorer, looks: "PhotoLooks", filters: list[str], sampl
 def train_bank(model: Restorer, feats: torch.Tensor, labels: torch.Tensor, strengths: torch.Tensor, *,
                epochs: int = 30, lr: float = 1e-3, seed: int = 0, holdout: float = 0.1,
                log_fn: Callable[[str], None] | None = None) -> dict:
-    """Fit the filter-bank classifier of ``model`` (its bank LUTs already set): feature
-    standardisation from ``feats``, then cross-entropy on the class + 5 · MSE of the
-    predicted strength of the true filter. The last ``holdout`` of the samples is kept
-    out and scored (top-1 accuracy). Returns {"train_accuracy", "holdout_accuracy", ...}."""
+    """Fit the filter-bank classifiers of ``model`` (its bank LUTs already set): feature
+    standardisation from ``feats``, then per classifier (each on its own shuffles)
+    cross-entropy on the class + 5 · MSE of the predicted strength of the true filter.
+    The last ``holdout`` of the samples is kept out and scored (top-1 accuracy of the
+    classifiers' mean probabilities). Returns {"train_accuracy", "holdout_accuracy", ...}."""
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(seed)
@@ -320,34 +324,38 @@ def train_bank(model: Restorer, feats: torch.Tensor, labels: torch.Tensor, stren
     with torch.no_grad():
         model.bank_mean.copy_(mean)
         model.bank_scale.copy_(scale)
-    params = list(model.bank_head.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-3)
-    model.bank_head.train()
 
     def accuracy(idx):
         model.bank_head.eval()
         with torch.no_grad():
-            logits, _ = model.bank_logits(feats[idx])
-        model.bank_head.train()
-        return float((logits.argmax(1) == labels[idx]).float().mean()) if len(idx) else float("nan")
+            probs = torch.stack([model.bank_logits(feats[idx], h)[0].softmax(1)
+                                 for h in range(model.bank_head_count)]).mean(0)
+        return float((probs.argmax(1) == labels[idx]).float().mean()) if len(idx) else float("nan")
 
-    for epoch in range(epochs):
-        perm = fit[torch.randperm(len(fit), generator=g)]
-        total = 0.0
-        for i in range(0, len(perm), 256):
-            b = perm[i:i + 256]
-            logits, strength = model.bank_logits(feats[b])
-            loss = F.cross_entropy(logits, labels[b])
-            is_filter = labels[b] > 0
-            if is_filter.any():
-                s = torch.sigmoid(strength[is_filter]).gather(1, (labels[b][is_filter] - 1)[:, None])[:, 0]
-                loss = loss + 5.0 * F.mse_loss(s, strengths[b][is_filter])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(b)
-        if log_fn and (epoch + 1) % 5 == 0:
-            log_fn(f"bank epoch {epoch + 1}/{epochs}: loss {total / len(fit):.4f}, holdout top-1 {accuracy(hold):.3f}")
+    for h, head in enumerate(model.bank_head_list()):
+        opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-3)
+        head.train()
+        for epoch in range(epochs):
+            perm = fit[torch.randperm(len(fit), generator=g)]
+            total = 0.0
+            for i in range(0, len(perm), 256):
+                b = perm[i:i + 256]
+                logits, strength = model.bank_logits(feats[b], h)
+                loss = F.cross_entropy(logits, labels[b])
+                is_filter = (labels[b] > 0) & (labels[b] <= model.bank_size)
+                if is_filter.any():
+                    s = torch.sigmoid(strength[is_filter]).gather(1, (labels[b][is_filter] - 1)[:, None])[:, 0]
+                    loss = loss + 5.0 * F.mse_loss(s, strengths[b][is_filter])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(b)
+            if log_fn and (epoch + 1) % 5 == 0:
+                log_fn(f"bank classifier {h + 1}/{model.bank_head_count} epoch {epoch + 1}/{epochs}: "
+                       f"loss {total / len(fit):.4f}")
+        head.eval()
+        if log_fn:
+            log_fn(f"bank: {h + 1} classifier(s), holdout top-1 {accuracy(hold):.3f}")
     model.bank_head.eval()
     return {"samples": int(len(labels)), "epochs": epochs, "train_accuracy": round(accuracy(fit[:5000]), 4),
             "holdout_accuracy": round(accuracy(hold), 4)}
@@ -621,6 +629,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--bank-consistency", action="store_true",
                    help="the bank classifier also sees how far the view is from each filter's range "
                         "(Restorer bank_consistency; measured in docs/restorer.md, not shipped)")
+    g.add_argument("--bank-other", action="store_true",
+                   help="the bank classifier gets a class of its own for looks not in the bank (grades), instead of "
+                        "counting them as 'no filter' (Restorer bank_other)")
+    g.add_argument("--bank-heads", type=int, default=1, metavar="K",
+                   help="K bank classifiers, trained on different shuffles, average their weights")
     g.add_argument("--bank-epochs", type=int, default=30)
     g.add_argument("--bank-lr-scale", type=float, default=0.0,
                    help="> 0: the image loss also fine-tunes the bank's classifier at lr × this (0: frozen)")
@@ -647,14 +660,17 @@ def _manifest_pairs(output: str) -> list[Pair]:
 def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args: argparse.Namespace, *,
                resuming: bool) -> tuple[Restorer, dict]:
     """``init`` (or a fresh ``cfg.model``) with a filter bank of the 40 filters: inverse
-    LUTs fitted on ``args.filter_bank`` TRAIN photos spread over the catalogue, and the
-    classifier trained on ``args.bank_samples`` fresh looks. When resuming, only the
+    LUTs fitted on ``args.filter_bank`` TRAIN photos spread over the catalogue (or the
+    init's own, when it has a bank of the same filters), and the classifier(s) trained on
+    ``args.bank_samples`` fresh looks. When resuming, only the
     shape is built (the checkpoint holds the rest)."""
     filters = list(looks.config.filters)
     base = init if init is not None else Restorer(pretrained=cfg.pretrained, **_model_config(cfg))
-    config = {k: v for k, v in base.config.items() if k != "model"}
     consistency = args.bank_consistency
-    model = Restorer(**{**config, "bank": len(filters), "bank_consistency": consistency}, pretrained=False)
+    config = {k: v for k, v in base.config.items()
+              if k not in ("model", "bank", "bank_consistency", "bank_other", "bank_heads")}
+    model = Restorer(**config, bank=len(filters), bank_consistency=consistency, bank_other=args.bank_other,
+                     bank_heads=args.bank_heads, pretrained=False)
     # an init with a bank of its own gives everything but the bank, which is rebuilt here
     missing, unexpected = model.load_state_dict(
         {k: v for k, v in base.state_dict().items() if not k.startswith("bank")}, strict=False)
@@ -665,13 +681,20 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
     spread = np.linspace(0, len(looks) - 1, n_fit).round().astype(int)  # every source, not just the first
     info = {"filters": filters, "fit_photos": [looks.names[i] for i in spread], "fit_side": 256,
             "classifier": {"samples": args.bank_samples, "epochs": args.bank_epochs, "crop": cfg.crop,
-                           "consistency_features": consistency}}
+                           "consistency_features": consistency, "other_class": args.bank_other,
+                           "heads": args.bank_heads}}
     if resuming:
         return model, info
-    fitted = inverse_filter_tables([looks.images[i] for i in spread], filters, model.lut_size,
-                                   log_fn=log.info, forward=consistency)
-    tables, forward = fitted if consistency else (fitted, None)
-    model.set_bank(tables, forward)
+    if init is not None and init.bank_size == len(filters) and not consistency:
+        # the same fit on the same photos: the init's tables, not ~6 min of refitting
+        model.set_bank(init.bank_luts + init._lut_identity)
+        del info["fit_photos"], info["fit_side"]
+        info["tables"] = "kept from the --init weights (their card's filter_bank says where they were fitted)"
+    else:
+        fitted = inverse_filter_tables([looks.images[i] for i in spread], filters, model.lut_size,
+                                       log_fn=log.info, forward=consistency)
+        tables, forward = fitted if consistency else (fitted, None)
+        model.set_bank(tables, forward)
     t = time.time()
     feats, labels, strengths = bank_dataset(model, looks, filters, args.bank_samples, cfg.crop,
                                             np.random.default_rng(cfg.seed + 1))

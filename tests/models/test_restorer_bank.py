@@ -152,3 +152,41 @@ def test_bank_lr_scale_lets_the_image_loss_tune_the_classifier():
     before, after = init.state_dict(), model.state_dict()
     assert not torch.equal(after["bank_head.6.weight"], before["bank_head.6.weight"])
     assert torch.equal(after["bank_luts"], before["bank_luts"])  # the tables stay fixed
+
+
+def test_other_look_class_and_several_heads():
+    """``bank_other``: a class for looks outside the bank, which adds no inverse;
+    ``bank_heads``: the bank's weight is the mean of the classifiers' weights; both
+    survive the weight registry."""
+    torch.manual_seed(2)
+    model = Restorer(**SMALL, bank=2, bank_other=True, bank_heads=2, pretrained=False).eval()
+    assert model.bank_classes == 4 and len(model.bank_head_list()) == 2
+    with torch.no_grad():
+        first, second = (h[-1] for h in model.bank_head_list())
+        for last in (first, second):
+            last.bias.zero_()
+        first.bias[3] = 50.0  # "another look": no inverse
+        second.bias[1] = 50.0  # filter 1 at strength sigmoid(0) = 0.5
+    feats = torch.zeros(1, 180)
+    assert float(model.bank_logits(feats, 0)[0].detach().softmax(1)[0, 3]) > 0.99
+    torch.testing.assert_close(model.bank_weights(feats), torch.tensor([[0.25, 0.0]]), rtol=0, atol=1e-6)
+    assert model.config["bank_other"] is True and model.config["bank_heads"] == 2
+    again = Restorer(**{k: v for k, v in model.config.items() if k != "model"}, pretrained=False)
+    again.load_state_dict(model.state_dict())
+    torch.testing.assert_close(again.eval().bank_weights(feats), model.bank_weights(feats))
+
+
+def test_bank_dataset_labels_other_looks_apart_when_asked():
+    from chromabeam.models.train_restorer import PhotoLooks, bank_dataset
+
+    looks = PhotoLooks([_photo(n, 96, 72) for n in ("coffee", "rocket")], ["coffee", "rocket"],
+                       identity_prob=0.3, perturb_prob=0.0)
+    filters = list(looks.config.filters)
+    labels = {}
+    for other in (False, True):
+        model = Restorer(**SMALL, bank=len(filters), bank_other=other, pretrained=False).eval()
+        _, labels[other], _ = bank_dataset(model, looks, filters, 120, 48, np.random.default_rng(5))
+    # the same looks (same seed): filters keep their class, the rest splits into clean (0) and other (41)
+    same = labels[False] == labels[True]
+    assert torch.all(labels[True][~same] == len(filters) + 1) and torch.all(labels[False][~same] == 0)
+    assert 0 < int((~same).sum()) < 120 and int((labels[True] == 0).sum()) > 0
