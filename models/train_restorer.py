@@ -325,11 +325,10 @@ def train_bank(model: Restorer, feats: torch.Tensor, labels: torch.Tensor, stren
         model.bank_mean.copy_(mean)
         model.bank_scale.copy_(scale)
 
-    def accuracy(idx):
+    def accuracy(idx, heads=model.bank_head_count):  # of the first ``heads`` classifiers together
         model.bank_head.eval()
         with torch.no_grad():
-            probs = torch.stack([model.bank_logits(feats[idx], h)[0].softmax(1)
-                                 for h in range(model.bank_head_count)]).mean(0)
+            probs = torch.stack([model.bank_logits(feats[idx], h)[0].softmax(1) for h in range(heads)]).mean(0)
         return float((probs.argmax(1) == labels[idx]).float().mean()) if len(idx) else float("nan")
 
     for h, head in enumerate(model.bank_head_list()):
@@ -355,7 +354,7 @@ def train_bank(model: Restorer, feats: torch.Tensor, labels: torch.Tensor, stren
                        f"loss {total / len(fit):.4f}")
         head.eval()
         if log_fn:
-            log_fn(f"bank: {h + 1} classifier(s), holdout top-1 {accuracy(hold):.3f}")
+            log_fn(f"bank: {h + 1} classifier(s), holdout top-1 {accuracy(hold, h + 1):.3f}")
     model.bank_head.eval()
     return {"samples": int(len(labels)), "epochs": epochs, "train_accuracy": round(accuracy(fit[:5000]), 4),
             "holdout_accuracy": round(accuracy(hold), 4)}
