@@ -162,18 +162,21 @@ def save_weights(module: nn.Module, config: dict, out_dir_or_url: str, card: dic
 
 
 def _safetensors_header(data: bytes, url: str) -> dict:
-    """The JSON header of a safetensors blob; refuses anything else with the reason."""
+    """The JSON header of a safetensors blob; refuses anything else with the reason.
+    The structure is checked first: a safetensors header length is a little-endian u64
+    whose low byte can be anything, 0x80 (a pickle's first byte) included."""
     what = None
-    if data[:4] == b"PK\x03\x04":
-        what = "a zip archive (torch.save's .pt/.pth format, which holds a pickle)"
-    elif data[:1] == b"\x80":
-        what = "a Python pickle"
-    elif len(data) < 8:
+    if len(data) < 8:
         what = f"only {len(data)} bytes long"
-    if what is None:
+    else:
         (n,) = struct.unpack("<Q", data[:8])
         if n > min(_MAX_HEADER, len(data) - 8) or data[8:9] != b"{":
-            what = "not a safetensors header"
+            if data[:4] == b"PK\x03\x04":
+                what = "a zip archive (torch.save's .pt/.pth format, which holds a pickle)"
+            elif data[:1] == b"\x80":
+                what = "a Python pickle"
+            else:
+                what = "not a safetensors header"
         else:
             try:
                 header = json.loads(data[8 : 8 + n])

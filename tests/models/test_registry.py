@@ -129,6 +129,23 @@ def test_refuses_torch_pickles(dncm, tmp_path):
         load_weights(str(path), expected_sha256=sha256_of(path))
 
 
+def test_loads_weights_whose_header_length_starts_with_a_pickle_byte(dncm, tmp_path):
+    """A safetensors file begins with its header length (u64, little-endian): when its low
+    byte is 0x80 — a pickle's first byte — the file is still safetensors and loads."""
+    for pad in range(0, 2048, 8):  # the card's length moves the header length in steps of 8
+        out = tmp_path / f"try{pad}"
+        url = save_weights(dncm, {"k": 8, "encoder_size": 64}, str(out), {**CARD, "note": "x" * pad})
+        with open(url, "rb") as fh:
+            if fh.read(1) == b"\x80":
+                break
+    else:
+        pytest.fail("no padding gave a header length with low byte 0x80")
+    state, _, _ = load_weights(url)
+    reference = load_file(url)  # the safetensors library's own reader agrees
+    assert state.keys() == reference.keys()
+    assert all(torch.equal(state[k], reference[k]) for k in state)
+
+
 class _Payload:
     def __init__(self, target):
         self.target = target
