@@ -95,10 +95,10 @@ def stages(model, files: list[bytes], repeats: int) -> list[tuple[str, float]]:
     """Per-image milliseconds of each stage of the fast path (means over the set, best of
     ``repeats``), and the pixel pass it replaced: Pillow's LUT after the residual's
     upsample-and-add in numpy."""
-    from PIL import Image, ImageFilter
+    from PIL import Image
 
     from chromabeam.transforms.ops.lut_kernel import residual_lut_uint8
-    from chromabeam.transforms.ops.pixels8 import resize_uint8
+    from chromabeam.transforms.ops.pixels8 import lut_uint8, resize_uint8
     from chromabeam.transforms.restore_handler import LOW_SIDE, _float
 
     dev, imgs = torch.device("cpu"), [decode_image(b) for b in files]
@@ -115,9 +115,7 @@ def stages(model, files: list[bytes], repeats: int) -> list[tuple[str, float]]:
     def pillow_pass(im, table, res):  # the previous release's pass: 8-bit coded residual, then Color3DLUT
         coded = np.clip(np.rint(res * 255.0) + 128.0, 0, 255).astype(np.uint8)
         up = np.asarray(Image.fromarray(coded, "RGB").resize((im.shape[1], im.shape[0]), Image.BILINEAR))
-        summed = np.clip(im.astype(np.int16) + up - 128, 0, 255).astype(np.uint8)
-        flt = ImageFilter.Color3DLUT(table.shape[0], np.clip(table, 0, 1).reshape(-1))
-        return Image.fromarray(summed, "RGB").filter(flt)
+        return lut_uint8(np.clip(im.astype(np.int16) + up - 128, 0, 255).astype(np.uint8), table)
 
     def per_image(fn):
         return _best(lambda: [fn(i) for i in range(len(imgs))], repeats) / len(imgs) * 1000

@@ -294,14 +294,19 @@ def bank_dataset(model: Restorer, looks: "PhotoLooks", filters: list[str], sampl
     view, ``model.bank_inputs`` ``(N, F)``, class ``(N,)`` — 1 + the filter's index; 0 for
     a clean input, and for any other look too unless the model has the ``bank_other``
     class (then 1 + bank) —, strength ``(N,)``)."""
+    other = len(filters) + 1 if model.bank_other else 0
+
+    def label(spec: dict) -> int:
+        if spec["family"] == "filter":
+            return filters.index(spec["id"]) + 1
+        return 0 if spec["family"] == "identity" else other
+
     feats, labels, strengths = [], [], []
     while len(labels) < samples:
         x, _, specs = looks.sample_with_specs(min(64, samples - len(labels)), crop, rng)
         with torch.no_grad():
             feats.append(model.bank_inputs(model.view(x)))
-        other = len(filters) + 1 if model.bank_other else 0
-        labels += [filters.index(sp["id"]) + 1 if sp["family"] == "filter" else 0 if sp["family"] == "identity" else other
-                   for sp in specs]
+        labels += [label(sp) for sp in specs]
         strengths += [float(sp["strength"]) for sp in specs]
     return torch.cat(feats), torch.tensor(labels), torch.tensor(strengths, dtype=torch.float32)
 

@@ -1,9 +1,9 @@
 """A compiled 8-bit kernel for the restorer's per-image colour map: a smooth low-resolution
 residual added, then a 3D LUT, in one pass over the pixels.
 
-Pillow's ``Color3DLUT`` costs ~27 ns a pixel and the residual's upsample-and-add another
-~8 ns in numpy; a restore job applies a new LUT to every image, so tabulating the LUT
-over all 2²⁴ colours (``pixels8.LookApplier``) does not pay. This kernel (numba, compiled
+A restore job applies a new LUT to every image, so tabulating the LUT over all 2²⁴
+colours (``pixels8.LookApplier``) does not pay, and Pillow's ``Color3DLUT`` after a
+numpy upsample-and-add of the residual reads and writes the image twice. This kernel (numba, compiled
 once per process and cached on disk) reads each pixel once, adds the bilinearly
 upsampled residual, and interpolates the LUT trilinearly in float32 — the exact float
 path's arithmetic on 8-bit input, rounded once at the end.
@@ -41,13 +41,6 @@ def _kernel(pixels, table, residual, out):  # pragma: no cover - compiled; teste
     rh, rw = residual.shape[0], residual.shape[1]
     has_res = rh > 0
     scale = np.float32(s1 / 255.0)
-    # lattice cell and weight of each 8-bit value (the no-residual case reads these)
-    cell = np.empty(256, np.int64)
-    frac = np.empty(256, np.float32)
-    for v in range(256):
-        p = v * scale
-        cell[v] = min(int(p), s1 - 1)
-        frac[v] = p - cell[v]
     # the residual's horizontal taps per output column (align_corners=False, edges clamped)
     xi0 = np.zeros(w, np.int64)
     xi1 = np.zeros(w, np.int64)
@@ -75,17 +68,12 @@ def _kernel(pixels, table, residual, out):  # pragma: no cover - compiled; teste
             for x in range(w):
                 for c in range(3):
                     shift[x, c] = row[xi0[x], c] * (1 - xw[x]) + row[xi1[x], c] * xw[x]
-        for x in range(w):
-            if has_res:
-                pr = min(max(vals[pixels[y, x, 0]] + shift[x, 0], np.float32(0)), np.float32(s1))
-                pg = min(max(vals[pixels[y, x, 1]] + shift[x, 1], np.float32(0)), np.float32(s1))
-                pb = min(max(vals[pixels[y, x, 2]] + shift[x, 2], np.float32(0)), np.float32(s1))
-                ir, ig, ib = min(int(pr), s1 - 1), min(int(pg), s1 - 1), min(int(pb), s1 - 1)
-                tr, tg, tb = pr - ir, pg - ig, pb - ib
-            else:
-                vr, vg, vb = pixels[y, x, 0], pixels[y, x, 1], pixels[y, x, 2]
-                ir, ig, ib = cell[vr], cell[vg], cell[vb]
-                tr, tg, tb = frac[vr], frac[vg], frac[vb]
+        for x in range(w):  # without a residual ``shift`` stays zero
+            pr = min(max(vals[pixels[y, x, 0]] + shift[x, 0], np.float32(0)), np.float32(s1))
+            pg = min(max(vals[pixels[y, x, 1]] + shift[x, 1], np.float32(0)), np.float32(s1))
+            pb = min(max(vals[pixels[y, x, 2]] + shift[x, 2], np.float32(0)), np.float32(s1))
+            ir, ig, ib = min(int(pr), s1 - 1), min(int(pg), s1 - 1), min(int(pb), s1 - 1)
+            tr, tg, tb = pr - ir, pg - ig, pb - ib
             o = ((ib * n + ig) * n + ir) * 3  # the cell's corner (b, g, r) in the flat table
             for c in range(3):
                 k = o + c
