@@ -11,7 +11,12 @@ install. Nothing here runs at inference time.
   musicians): WebP images stored uncompressed in the bundle, addressed by their ordinal
   among the bundle's WebP images and checked against a SHA-256 prefix, so a changed
   package fails loudly instead of silently training on other pictures. Paintings,
-  drawings and textures are left out (picked by looking at every image).
+  drawings and textures are left out (picked by looking at every image);
+- sample photographs of Debian's ``opencv-doc`` (OpenCV's example data) and the puzzle
+  photographs of ``palapeli-data`` (KDE's jigsaw game);
+- the preview photograph inside each puzzle file of Debian's ``jigzo-data`` (a children's
+  jigsaw game; 176–232 px, enough for colour statistics), addressed by the puzzle file
+  and checked against a SHA-256 prefix like the GCompris images.
 
 ``split`` is fixed: EVAL photos are never used for training, so benchmarks measure
 generalisation to unseen photographs.
@@ -56,6 +61,19 @@ DEBIAN = (
         "EveningGlow/contents/images/1280x1024.jpg", "FallenLeaf/contents/images/1280x1024.jpg",
         "Grey/contents/images/1280x1024.jpg", "Path/contents/images/1280x1024.jpg",
         "summer_1am/contents/images/1280x1024.jpg"]),
+    ("palapeli-data", "/usr/share/palapeli/collection/", [
+        "castle-maintenon.jpg", "cincinnati-bridge.jpg", "citrus-fruits.jpg", "european-honey-bee.jpg",
+        "panther-chameleon-female.jpg"]),
+    # OpenCV's sample data and example inputs: photographs only (no renders, paintings,
+    # text scans, test charts or greyscale images).
+    ("opencv-doc", "/usr/share/doc/opencv-doc/examples/", [
+        *(f"data/{n}" for n in (
+            "aero1.jpg", "aero3.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "board.jpg", "building.jpg",
+            "butterfly.jpg", "chicky_512.png", "ela_original.jpg", "fruits.jpg", "graf1.png", "home.jpg",
+            "leuvenA.jpg", "leuvenB.jpg", "licenseplate_motion.jpg", "messi5.jpg", "orange.jpg",
+            "rubberwhale1.png", "squirrel_cls.jpg")),
+        *(f"text/scenetext0{i}.jpg" for i in range(1, 7)),
+        "hfs/data/000.jpg", "alphamat/input_images/plant.jpg", "dnn_superres/butterfly.png", "reg/home.png"]),
 )
 
 # (bundle, [(ordinal among the bundle's WebP images, sha256 prefix of the image file)]).
@@ -102,6 +120,13 @@ GCOMPRIS = (
                              (8, "20ef5a10a55b")]),
 )
 
+# (puzzle file, sha256 prefix of its preview JPEG): each puzzle's "-t.jpg" section.
+JIGZO_PACKAGE, JIGZO_PREFIX = "jigzo-data", "/usr/share/games/jigzo/puzzles/00_default/"
+JIGZO = (("bike-3x4", "23a99628b929"), ("bird-2x3", "f2079fd8580e"), ("blackberry-3x3", "620cb071ba44"),
+         ("castle-6x3", "6723417c5c52"), ("clouds-4x4", "695557f77945"), ("gorilla2-3x3", "5275daa6e157"),
+         ("heli-4x3", "e3ee7bbebf5b"), ("horse-4x3", "3ac08ddd0de1"), ("penguin-3x2", "34b4c9ddd093"),
+         ("tobogan-4x3", "fe12c32f7908"), ("train-2x2", "a6f0d76a6d0a"), ("windmill-4x4", "d13a09128ce6"))
+
 SKIMAGE = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
            "hubble_deep_field.jpg", "retina.jpg")
 
@@ -122,12 +147,16 @@ def catalog() -> list[Photo]:
     photos = [Photo(f"skimage/{n}", "pypi:scikit-image", f"skimage/data/{n}") for n in SKIMAGE]
     for package, prefix, files in DEBIAN:
         for f in files:
-            short = f.split("/", 1)[0] if "/" in f else f
+            # a plasma wallpaper is named by its folder; other nested files by their path
+            short = f.split("/", 1)[0] if "/contents/" in f else f.replace("/", "-")
             photos.append(Photo(f"{package}/{short}", f"debian:{package}", prefix + f))
     for bundle, images in GCOMPRIS:
         for ordinal, sha in images:
             photos.append(Photo(f"{GCOMPRIS_PACKAGE}/{bundle}-{ordinal}", f"debian:{GCOMPRIS_PACKAGE}",
                                 f"{GCOMPRIS_PREFIX}{bundle}.rcc#webp:{ordinal}:{sha}"))
+    for puzzle, sha in JIGZO:
+        photos.append(Photo(f"{JIGZO_PACKAGE}/{puzzle}", f"debian:{JIGZO_PACKAGE}",
+                            f"{JIGZO_PREFIX}{puzzle}.pzl#preview:{sha}"))
     return photos
 
 
@@ -140,7 +169,7 @@ def split() -> tuple[list[Photo], list[Photo]]:
 def fetch_debian(cache: str) -> str:
     """Download and unpack the Debian packages into ``cache`` (idempotent); returns it."""
     os.makedirs(cache, exist_ok=True)
-    for package in [d[0] for d in DEBIAN] + [GCOMPRIS_PACKAGE]:
+    for package in [d[0] for d in DEBIAN] + [GCOMPRIS_PACKAGE, JIGZO_PACKAGE]:
         root = os.path.join(cache, package)
         if os.path.isdir(root):
             continue
@@ -182,11 +211,29 @@ def _embedded_webp(bundle: str, ordinal: int, sha_prefix: str) -> bytes:
     return blobs[ordinal]
 
 
+def _puzzle_preview(puzzle: str, sha_prefix: str) -> bytes:
+    """The preview JPEG of a jigzo puzzle file: the section named ``*-t.jpg`` (a puzzle file
+    is a list of "name\\nlength\\nbytes" sections), checked against its hash."""
+    data = open(puzzle, "rb").read()
+    m = re.search(rb"\n[\w.-]+-t\.jpg\n(\d+)\n", data)
+    if not m:
+        raise ValueError(f"{puzzle}: has no preview section: the package changed; re-pick its photos")
+    blob = data[m.end(): m.end() + int(m.group(1))]
+    got = hashlib.sha256(blob).hexdigest()
+    if not got.startswith(sha_prefix):
+        raise ValueError(f"{puzzle}: preview has sha256 {got[:12]}, the catalogue expects {sha_prefix}: "
+                         "the package changed; re-pick its photos")
+    return blob
+
+
 def load(photo: Photo, cache: str, max_side: int | None = None) -> np.ndarray:
     """RGB uint8 (H, W, 3), downscaled (Lanczos) so the long side is at most ``max_side``."""
     if "#webp:" in photo.path:
         _, ordinal, sha = photo.path.split("#", 1)[1].split(":")
         im = Image.open(io.BytesIO(_embedded_webp(locate(photo, cache), int(ordinal), sha))).convert("RGB")
+    elif "#preview:" in photo.path:
+        im = Image.open(io.BytesIO(_puzzle_preview(locate(photo, cache), photo.path.rsplit(":", 1)[1])))
+        im = im.convert("RGB")
     else:
         im = Image.open(locate(photo, cache)).convert("RGB")
     if max_side and max(im.size) > max_side:

@@ -44,3 +44,37 @@ def test_embedded_webp_found_by_ordinal_and_checked(tmp_path):
     missing = photos.Photo("pkg/x-5", "debian:pkg", f"/usr/share/gcompris-qt/rcc/x.rcc#webp:5:{sha}")
     with pytest.raises(ValueError, match="no WebP image #5"):
         photos.load(missing, str(tmp_path))
+
+
+def _jpeg(colour, size=(36, 24)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def test_puzzle_preview_found_by_section_name_and_checked(tmp_path):
+    # a jigzo puzzle file: text header lines, then "name\nlength\nbytes" sections
+    preview, atlas = _jpeg((20, 160, 40)), _jpeg((250, 0, 0), (64, 64))
+    puzzle = tmp_path / "pkg" / "usr/share/games/jigzo/puzzles/00_default/cat-2x2.pzl"
+    puzzle.parent.mkdir(parents=True)
+    puzzle.write_bytes(b"PzlF\n0.1\ncat-2x2\nhttp://example.org/\ncat-2x2.map\n4\nabcd\n"
+                       + b"cat-2x2-t.jpg\n" + str(len(preview)).encode() + b"\n" + preview
+                       + b"cat-2x2.jpg\n" + str(len(atlas)).encode() + b"\n" + atlas)
+    sha = hashlib.sha256(preview).hexdigest()[:12]
+    path = f"/usr/share/games/jigzo/puzzles/00_default/cat-2x2.pzl#preview:{sha}"
+    img = photos.load(photos.Photo("pkg/cat-2x2", "debian:pkg", path), str(tmp_path))
+    assert img.shape == (24, 36, 3)
+    assert abs(int(img[..., 1].mean()) - 160) <= 3 and img[..., 0].mean() < 40  # the preview, not the atlas
+    wrong = photos.Photo("pkg/cat-2x2", "debian:pkg", path.replace(sha, "000000000000"))
+    with pytest.raises(ValueError, match="package changed"):
+        photos.load(wrong, str(tmp_path))
+    puzzle.write_bytes(b"PzlF\n0.1\ncat-2x2\n")
+    with pytest.raises(ValueError, match="no preview section"):
+        photos.load(photos.Photo("pkg/cat-2x2", "debian:pkg", path), str(tmp_path))
+
+
+def test_catalogue_names_nested_files_apart():
+    names = {p.name for p in photos.catalog()}
+    assert "opencv-doc/data-aero1.jpg" in names and "opencv-doc/text-scenetext01.jpg" in names
+    assert "plasma-workspace-wallpapers/Path" in names  # wallpapers keep their folder name
+    assert sum(n.startswith("jigzo-data/") for n in names) == len(photos.JIGZO)
