@@ -715,6 +715,7 @@ def train_command(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger().setLevel(min(logging.getLogger().level or logging.INFO, logging.INFO))  # see pipelines.cli
     cfg = TrainConfig(
         steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, freeze=args.freeze,
         seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,

@@ -294,12 +294,21 @@ COMMANDS = {
 }
 
 
+def configure_logging(verbose: bool) -> None:
+    """INFO (DEBUG with ``--verbose``) for chromabeam; the storage and Beam libraries quieter."""
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Importing Beam may already have set up the root logger (a root-level warning does),
+    # which makes basicConfig a no-op and would hide INFO progress lines: set the level anyway.
+    logging.getLogger().setLevel(level)
+    for noisy in ("apache_beam", "gcsfs", "s3fs", "aiobotocore", "botocore", "urllib3", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("apache_beam", "gcsfs", "s3fs", "aiobotocore", "botocore", "urllib3", "fsspec"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
+    configure_logging(args.verbose)
     if args.command is None:
         parser.print_help()
         return 2
