@@ -4,9 +4,13 @@ mean PSNR of doing nothing and of the model. No oracle, no SSIM/ΔE: for compari
 checkpoints; ``benchmarks/restore_quality.py`` is the benchmark.
 
     python benchmarks/restore_quick.py WEIGHTS.safetensors|CHECKPOINT_DIR [--size 512]
+        [--photos eval|holdout:FRACTION] [--bank-temperature T] [--bank-none-shift D]
 
 A CHECKPOINT_DIR is a ``chromabeam train restorer`` checkpoint folder (``model.safetensors``
-+ ``state.json``).
++ ``state.json``). ``--photos holdout:F`` scores the TRAIN photos that ``chromabeam train
+restorer --holdout-photos F`` left out instead of the EVAL photos: settings such as the
+bank's calibration (``--bank-temperature``/``--bank-none-shift``, applied with
+``Restorer.calibrate_bank`` before scoring) are chosen there, never on EVAL.
 """
 from __future__ import annotations
 
@@ -48,11 +52,24 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("weights")
     ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--photos", default="eval", help="eval (the EVAL photos) or holdout:FRACTION")
+    ap.add_argument("--bank-temperature", type=float, default=1.0)
+    ap.add_argument("--bank-none-shift", type=float, default=0.0)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model, label = load(args.weights)
+    if args.bank_temperature != 1.0 or args.bank_none_shift:
+        model.calibrate_bank(args.bank_temperature, args.bank_none_shift)
+        label += f" (bank temperature {args.bank_temperature:g}, none shift {args.bank_none_shift:g})"
     cache = photos.fetch_debian(os.environ.get("CHROMABEAM_PHOTO_CACHE", "/tmp/photo-cache"))
-    evals = [_tensor(photos.load(p, cache, args.size)) for p in photos.split()[1]]
+    if args.photos == "eval":
+        chosen = photos.split()[1]
+    elif args.photos.startswith("holdout:"):
+        chosen = photos.holdout_split(float(args.photos.split(":", 1)[1]))[1]
+        label += f" on {len(chosen)} held-out TRAIN photos"
+    else:
+        ap.error(f"--photos must be eval or holdout:FRACTION, got {args.photos!r}")
+    evals = [_tensor(photos.load(p, cache, args.size)) for p in chosen]
 
     def score(look):
         nothing, restored = [], []

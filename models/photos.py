@@ -166,6 +166,19 @@ def split() -> tuple[list[Photo], list[Photo]]:
     return [p for p in photos if p.name not in EVAL_NAMES], [p for p in photos if p.name in EVAL_NAMES]
 
 
+def holdout_split(fraction: float, seed: int = 123) -> tuple[list[Photo], list[Photo]]:
+    """The TRAIN photos split again, by photograph, into (fit, held out): a seeded
+    ``fraction`` is held out, for choosing settings on photos the fit part never saw
+    without touching the EVAL photos."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"holdout_split: fraction must be in (0, 1), got {fraction}")
+    train = split()[0]
+    order = np.random.default_rng(seed).permutation(len(train))
+    n = max(1, int(len(train) * fraction))
+    held = set(order[:n].tolist())
+    return [p for i, p in enumerate(train) if i not in held], [p for i, p in enumerate(train) if i in held]
+
+
 def fetch_debian(cache: str) -> str:
     """Download and unpack the Debian packages into ``cache`` (idempotent); returns it."""
     os.makedirs(cache, exist_ok=True)

@@ -316,6 +316,24 @@ class Restorer(nn.Module):
             weights.append(logits.softmax(dim=1)[:, 1:1 + self.bank_size] * torch.sigmoid(strength))
         return weights[0] if len(weights) == 1 else torch.stack(weights).mean(dim=0)
 
+    def calibrate_bank(self, temperature: float = 1.0, none_shift: float = 0.0) -> None:
+        """Rescale what the classifiers say, in their last layer (so the weights file carries
+        it): class 0's ("no filter") logit − ``none_shift`` (> 0: fewer photos read as
+        clean), then the class logits ÷ ``temperature`` (< 1 commits harder to the top
+        class). Strength logits are left alone. Chosen on held-out photos
+        (``benchmarks/restore_quick.py --photos holdout:F``)."""
+        if not self.bank_size:
+            raise ValueError("Restorer.calibrate_bank: this model has no filter bank")
+        if not temperature > 0:
+            raise ValueError(f"Restorer.calibrate_bank: temperature must be > 0, got {temperature}")
+        n = self.bank_classes
+        with torch.no_grad():
+            for head in self.bank_head_list():
+                last = head[-1]
+                last.bias[0] -= none_shift
+                last.weight[:n] /= temperature
+                last.bias[:n] /= temperature
+
     def set_bank(self, tables: torch.Tensor, forward: torch.Tensor | None = None) -> None:
         """Install the bank's LUTs: ``tables`` ``(bank, 3, S, S, S)`` full inverse LUTs
         (``lut3d_apply``'s layout; stored as residuals from the identity) and, with

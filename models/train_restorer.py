@@ -209,13 +209,15 @@ class PhotoLooks:
         self.perturb_prob = float(perturb_prob)
 
     @classmethod
-    def from_photos(cls, cache: str, *, max_side: int = 768, limit: int | None = None, **kwargs) -> "PhotoLooks":
+    def from_photos(cls, cache: str, *, max_side: int = 768, limit: int | None = None, holdout: float = 0.0,
+                    **kwargs) -> "PhotoLooks":
         """The TRAIN photos of ``models.photos`` (Debian packages unpacked into ``cache``),
-        long side at most ``max_side``."""
+        long side at most ``max_side``; with ``holdout`` > 0, without the photos
+        ``photos.holdout_split(holdout)`` holds out."""
         from chromabeam.models import photos
 
         photos.fetch_debian(cache)
-        train_photos = photos.split()[0][:limit]
+        train_photos = (photos.holdout_split(holdout)[0] if holdout else photos.split()[0])[:limit]
         looks = cls([photos.load(p, cache, max_side) for p in train_photos],
                     [f"{p.name} — {p.source} {p.path}" for p in train_photos], **kwargs)
         return looks
@@ -639,6 +641,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--bank-heads", type=int, default=1, metavar="K",
                    help="K bank classifiers, trained on different shuffles, average their weights")
     g.add_argument("--bank-epochs", type=int, default=30)
+    g.add_argument("--bank-temperature", type=float, default=1.0,
+                   help="after training, divide the bank's class logits by this (Restorer.calibrate_bank)")
+    g.add_argument("--bank-none-shift", type=float, default=0.0,
+                   help="after training, lower the bank's 'no filter' logit by this (before the temperature)")
+    g.add_argument("--holdout-photos", type=float, default=0.0, metavar="FRACTION",
+                   help="photos:CACHE only: leave this seeded share of the TRAIN photos out (models.photos."
+                        "holdout_split), to choose settings on them with restore_quick.py --photos holdout:FRACTION")
     g.add_argument("--bank-lr-scale", type=float, default=0.0,
                    help="> 0: the image loss also fine-tunes the bank's classifier at lr × this (0: frozen)")
     g.add_argument("--card", default=None, help="JSON file merged into the model card (e.g. benchmark results)")
@@ -726,6 +735,7 @@ def train_command(args: argparse.Namespace) -> int:
     ckpt = args.checkpoint_dir or storage.join(args.weights_out, "checkpoint")
     if args.pairs.startswith(PHOTOS_PREFIX):
         pairs = PhotoLooks.from_photos(args.pairs[len(PHOTOS_PREFIX):] or DEFAULT_PHOTO_CACHE, max_side=cfg.max_side,
+                                       holdout=args.holdout_photos,
                                        identity_prob=args.identity_prob, perturb_prob=args.perturb_prob)
         sources = pairs.sources()
         pair_info = {"url": storage.redact(args.pairs), "made_on_the_fly": True,
@@ -751,6 +761,10 @@ def train_command(args: argparse.Namespace) -> int:
             raise ValueError("--filter-bank needs PAIRS = photos:CACHE (it fits on the TRAIN photos)")
         init, bank_info = _with_bank(init, cfg, pairs, args, resuming=_checkpoint_step(ckpt) > 0)
     model, state = train(pairs, cfg, ckpt, init=init)
+    calibration = None
+    if args.bank_temperature != 1.0 or args.bank_none_shift:
+        model.calibrate_bank(args.bank_temperature, args.bank_none_shift)
+        calibration = {"temperature": args.bank_temperature, "none_shift": args.bank_none_shift}
     extra = json.loads(storage.read_bytes(args.card)) if args.card else {}
     card = {
         "task": "blind Instagram-filter / colour-grade removal",
@@ -759,6 +773,8 @@ def train_command(args: argparse.Namespace) -> int:
         "training_pairs": pair_info,
         "initialised_from": storage.redact(args.init) if args.init else None,
         "filter_bank": bank_info,
+        **({"bank_calibration": calibration} if calibration else {}),
+        **({"held_out_photos": args.holdout_photos} if args.holdout_photos else {}),
         "training": {**state["config"], "seconds": round(state["seconds"], 1),
                      "final_losses": state["history"][-1] if state["history"] else None},
         "loss_history": state["history"],

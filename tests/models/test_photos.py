@@ -78,3 +78,15 @@ def test_catalogue_names_nested_files_apart():
     assert "opencv-doc/data-aero1.jpg" in names and "opencv-doc/text-scenetext01.jpg" in names
     assert "plasma-workspace-wallpapers/Path" in names  # wallpapers keep their folder name
     assert sum(n.startswith("jigzo-data/") for n in names) == len(photos.JIGZO)
+
+
+def test_holdout_split_is_by_photo_seeded_and_covers_train():
+    train = photos.split()[0]
+    fit, held = photos.holdout_split(0.2)
+    assert len(held) == int(len(train) * 0.2) and len(fit) + len(held) == len(train)
+    assert not {p.name for p in fit} & {p.name for p in held}
+    assert {p.name for p in fit} | {p.name for p in held} == {p.name for p in train}
+    assert photos.holdout_split(0.2) == (fit, held)  # the same photos every time
+    assert photos.holdout_split(0.2, seed=5)[1] != held
+    with pytest.raises(ValueError, match="fraction"):
+        photos.holdout_split(1.0)

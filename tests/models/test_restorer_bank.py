@@ -190,3 +190,45 @@ def test_bank_dataset_labels_other_looks_apart_when_asked():
     same = labels[False] == labels[True]
     assert torch.all(labels[True][~same] == len(filters) + 1) and torch.all(labels[False][~same] == 0)
     assert 0 < int((~same).sum()) < 120 and int((labels[True] == 0).sum()) > 0
+
+
+def test_calibrate_bank_shifts_none_then_divides_by_the_temperature(tmp_path):
+    torch.manual_seed(3)
+    model = Restorer(**SMALL, bank=3, bank_other=True, bank_heads=2, pretrained=False).eval()
+    model.set_bank(torch.rand(3, 3, 9, 9, 9))
+    for head in model.bank_head_list():  # a classifier with opinions
+        torch.nn.init.normal_(head[-1].weight, std=0.5)
+        torch.nn.init.normal_(head[-1].bias, std=1.0)
+    feats = torch.randn(5, model.bank_mean.numel())
+    with torch.no_grad():
+        before = [model.bank_logits(feats, h) for h in range(2)]
+        model.calibrate_bank(0.5, 1.5)
+        after = [model.bank_logits(feats, h) for h in range(2)]
+    for (z, s), (z2, s2) in zip(before, after):
+        want = z.clone()
+        want[:, 0] -= 1.5
+        torch.testing.assert_close(z2, want / 0.5, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(s2, s, rtol=0, atol=0)  # strengths untouched
+    # the weights file carries the calibration
+    url = save_weights(model, model.config, str(tmp_path), {"task": "test"})
+    again = build_model(url, "cpu").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again.bank_logits(feats, 1)[0], after[1][0], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        model.calibrate_bank(0.0)
+    with pytest.raises(ValueError, match="no filter bank"):
+        Restorer(**SMALL, pretrained=False).calibrate_bank(0.5)
+
+
+def test_a_sharper_calibration_commits_to_the_top_filter():
+    torch.manual_seed(4)
+    model = Restorer(**SMALL, bank=2, pretrained=False).eval()
+    model.set_bank(torch.rand(2, 3, 9, 9, 9))
+    with torch.no_grad():
+        last = model.bank_head[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([1.0, 2.0, 0.0, 20.0, 20.0]))  # P(filter 1) ~ 0.67, strengths ~ 1
+        w1 = model.bank_weights(torch.zeros(1, 180))[0, 0]
+        model.calibrate_bank(0.5)
+        w2 = model.bank_weights(torch.zeros(1, 180))[0, 0]
+    assert 0.6 < float(w1) < 0.7 and float(w2) > 0.84

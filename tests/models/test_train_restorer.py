@@ -220,3 +220,49 @@ def test_stats_encoder_trains_on_the_fly_with_a_downscaled_loss():
     assert after < 0.9 * before, (before, after)
     with pytest.raises(ValueError, match="loss_size"):
         TrainConfig(loss_size=8)
+
+
+def test_train_command_holds_photos_out_and_calibrates_the_bank(tmp_path, monkeypatch):
+    import argparse
+
+    import chromabeam.models.train_restorer as tr
+    from chromabeam.models.registry import save_weights
+
+    torch.manual_seed(5)
+    init = Restorer(**{**TINY, "encoder": "stats"}, bank=2, pretrained=False).eval()
+    init.set_bank(torch.rand(2, 3, 5, 5, 5))
+    with torch.no_grad():
+        torch.nn.init.normal_(init.bank_head[-1].weight, std=0.3)
+    init_url = save_weights(init, init.config, str(tmp_path / "init"), {"task": "test"})
+    seen = {}
+
+    def from_photos(cache, **kw):
+        seen.update(kw, cache=cache)
+        return _looks(identity_prob=kw["identity_prob"], perturb_prob=kw["perturb_prob"])
+
+    monkeypatch.setattr(tr.PhotoLooks, "from_photos", staticmethod(from_photos))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("pairs")
+    parser.add_argument("weights_out")
+    add_train_arguments(parser)
+    args = parser.parse_args([
+        "photos:/cache", str(tmp_path / "w"), "--init", init_url, "--steps", "2", "--batch", "2", "--crop", "32",
+        "--loss-size", "0", "--threads", "1", "--holdout-photos", "0.2", "--bank-temperature", "0.5",
+        "--bank-none-shift", "1.0",
+    ])
+    assert train_command(args) == 0
+    assert seen["cache"] == "/cache" and seen["holdout"] == 0.2
+    (card_path,) = (tmp_path / "w").glob("restorer-*.json")
+    card = json.loads(card_path.read_text())
+    assert card["bank_calibration"] == {"temperature": 0.5, "none_shift": 1.0} and card["held_out_photos"] == 0.2
+    # the saved classifier is the trained one, calibrated: (logits − 1·e0) / 0.5
+    trained = Restorer(**{**TINY, "encoder": "stats"}, bank=2, pretrained=False)
+    from safetensors.torch import load_file
+
+    trained.load_state_dict(load_file(str(tmp_path / "w" / "checkpoint" / "model.safetensors")))
+    saved = build_model(str(tmp_path / "w" / card["weights"]), expected_sha256=card["sha256"]).eval()
+    feats = torch.randn(4, saved.bank_mean.numel())
+    with torch.no_grad():
+        want = trained.eval().bank_logits(feats)[0]
+        want[:, 0] -= 1.0
+        torch.testing.assert_close(saved.bank_logits(feats)[0], want / 0.5, rtol=1e-5, atol=1e-5)
