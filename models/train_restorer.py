@@ -671,12 +671,13 @@ def _manifest_pairs(output: str) -> list[Pair]:
 
 
 def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args: argparse.Namespace, *,
-               resuming: bool) -> tuple[Restorer, dict]:
+               ckpt: str) -> tuple[Restorer, dict]:
     """``init`` (or a fresh ``cfg.model``) with a filter bank of the 40 filters: inverse
     LUTs fitted on ``args.filter_bank`` TRAIN photos spread over the catalogue (or the
     init's own, when it has a bank of the same filters), and the classifier(s) trained on
-    ``args.bank_samples`` fresh looks. When resuming, only the
-    shape is built (the checkpoint holds the rest)."""
+    ``args.bank_samples`` fresh looks. What was done goes to ``ckpt``/bank.json for the
+    card. When resuming a checkpoint, only the shape is built (the checkpoint holds the
+    rest) and the card's account is read back from bank.json."""
     filters = list(looks.config.filters)
     base = init if init is not None else Restorer(pretrained=cfg.pretrained, **_model_config(cfg))
     consistency = args.bank_consistency
@@ -696,8 +697,12 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
             "classifier": {"samples": args.bank_samples, "epochs": args.bank_epochs, "crop": cfg.crop,
                            "consistency_features": consistency, "other_class": args.bank_other,
                            "heads": args.bank_heads}}
-    if resuming:
-        return model, info
+    record = storage.join(ckpt, "bank.json")
+    if _checkpoint_step(ckpt) > 0:
+        if storage.exists(record):
+            return model, json.loads(storage.read_bytes(record))
+        return model, {**info, "note": "resumed from a checkpoint without bank.json: what the bank was built from "
+                                       "is in the first run's card"}
     if init is not None and init.bank_size == len(filters) and not consistency:
         # the same fit on the same photos: the init's tables, not ~6 min of refitting
         model.set_bank(init.bank_luts + init._lut_identity)
@@ -714,6 +719,8 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
     log.info("bank: %d labelled looks in %.0f s", len(labels), time.time() - t)
     info["classifier"].update(train_bank(model, feats, labels, strengths, epochs=args.bank_epochs, seed=cfg.seed,
                                          log_fn=log.info))
+    storage.makedirs(ckpt)
+    storage.put_atomic(record, (json.dumps(info, indent=1) + "\n").encode())
     return model, info
 
 
@@ -759,7 +766,7 @@ def train_command(args: argparse.Namespace) -> int:
     if args.filter_bank:
         if not isinstance(pairs, PhotoLooks):
             raise ValueError("--filter-bank needs PAIRS = photos:CACHE (it fits on the TRAIN photos)")
-        init, bank_info = _with_bank(init, cfg, pairs, args, resuming=_checkpoint_step(ckpt) > 0)
+        init, bank_info = _with_bank(init, cfg, pairs, args, ckpt=ckpt)
     model, state = train(pairs, cfg, ckpt, init=init)
     calibration = None
     if args.bank_temperature != 1.0 or args.bank_none_shift:

@@ -266,3 +266,34 @@ def test_train_command_holds_photos_out_and_calibrates_the_bank(tmp_path, monkey
         want = trained.eval().bank_logits(feats)[0]
         want[:, 0] -= 1.0
         torch.testing.assert_close(saved.bank_logits(feats)[0], want / 0.5, rtol=1e-5, atol=1e-5)
+
+
+def test_a_resumed_banked_run_keeps_the_banks_account_in_its_card(tmp_path, monkeypatch):
+    import argparse
+
+    import chromabeam.models.train_restorer as tr
+    from chromabeam.models.registry import save_weights
+
+    torch.manual_seed(6)
+    init = Restorer(**{**TINY, "encoder": "stats"}, bank=40, pretrained=False).eval()
+    init.set_bank(torch.rand(40, 3, 5, 5, 5))  # a bank of the 40 filters: its tables are kept, not refitted
+    init_url = save_weights(init, init.config, str(tmp_path / "init"), {"task": "test"})
+    monkeypatch.setattr(tr.PhotoLooks, "from_photos", staticmethod(lambda cache, **kw: _looks()))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("pairs")
+    parser.add_argument("weights_out")
+    add_train_arguments(parser)
+    common = ["photos:/cache", str(tmp_path / "w"), "--init", init_url, "--filter-bank", "2", "--bank-samples", "64",
+              "--bank-epochs", "1", "--steps", "2", "--batch", "2", "--crop", "32", "--loss-size", "0", "--threads", "1"]
+    assert train_command(parser.parse_args(common)) == 0
+    first = json.loads(next((tmp_path / "w").glob("restorer-*.json")).read_text())
+    bank = first["filter_bank"]
+    assert bank["classifier"]["samples"] == 64 and 0.0 <= bank["classifier"]["holdout_accuracy"] <= 1.0
+    assert "kept from the --init" in bank["tables"] and "fit_photos" not in bank
+    assert json.loads((tmp_path / "w" / "checkpoint" / "bank.json").read_text()) == bank
+    for f in (tmp_path / "w").glob("restorer-*"):
+        f.unlink()
+    # rerun at the checkpoint's step: nothing is retrained, the card tells the same story
+    assert train_command(parser.parse_args(common + ["--bank-temperature", "0.5"])) == 0
+    again = json.loads(next((tmp_path / "w").glob("restorer-*.json")).read_text())
+    assert again["filter_bank"] == bank and again["bank_calibration"]["temperature"] == 0.5
