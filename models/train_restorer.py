@@ -749,6 +749,8 @@ def train_command(args: argparse.Namespace) -> int:
                      "synth_config": dataclasses.asdict(pairs.config), "mosaic_prob": pairs.mosaic_prob,
                      "perturb_prob": pairs.perturb_prob}
     else:
+        if args.holdout_photos:
+            raise ValueError("--holdout-photos needs PAIRS = photos:CACHE (it holds out catalogue photos)")
         if _checkpoint_step(ckpt) >= cfg.steps:
             pairs = _manifest_pairs(args.pairs)  # nothing left to train: the card needs keys only
         else:

@@ -252,6 +252,8 @@ def test_train_command_holds_photos_out_and_calibrates_the_bank(tmp_path, monkey
     ])
     assert train_command(args) == 0
     assert seen["cache"] == "/cache" and seen["holdout"] == 0.2
+    with pytest.raises(ValueError, match="--holdout-photos needs PAIRS = photos:CACHE"):
+        train_command(parser.parse_args(["pairs-url", str(tmp_path / "x"), "--holdout-photos", "0.2"]))
     (card_path,) = (tmp_path / "w").glob("restorer-*.json")
     card = json.loads(card_path.read_text())
     assert card["bank_calibration"] == {"temperature": 0.5, "none_shift": 1.0} and card["held_out_photos"] == 0.2
