@@ -4,11 +4,13 @@ mean PSNR of doing nothing and of the model. No oracle, no SSIM/ΔE: for compari
 checkpoints; ``benchmarks/restore_quality.py`` is the benchmark.
 
     python benchmarks/restore_quick.py WEIGHTS.safetensors|CHECKPOINT_DIR [--size 512]
-        [--photos eval|holdout:FRACTION] [--bank-temperature T] [--bank-none-shift D]
+        [--photos eval|holdout:FRACTION|packages:NAME,…] [--bank-temperature T] [--bank-none-shift D]
 
 A CHECKPOINT_DIR is a ``chromabeam train restorer`` checkpoint folder (``model.safetensors``
 + ``state.json``). ``--photos holdout:F`` scores the TRAIN photos that ``chromabeam train
-restorer --holdout-photos F`` left out instead of the EVAL photos: settings such as the
+restorer --holdout-photos F`` left out instead of the EVAL photos (``packages:…``: the
+TRAIN photos of those packages, e.g. ones added to the catalogue after a model was
+trained); settings such as the
 bank's calibration (``--bank-temperature``/``--bank-none-shift``, applied with
 ``Restorer.calibrate_bank`` before scoring) are chosen there, never on EVAL.
 """
@@ -52,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("weights")
     ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--photos", default="eval", help="eval (the EVAL photos) or holdout:FRACTION")
+    ap.add_argument("--photos", default="eval",
+                    help="eval (the EVAL photos), holdout:FRACTION, or packages:NAME[,NAME…] (the TRAIN photos of "
+                         "those packages: photos a model trained before they joined the catalogue never saw)")
     ap.add_argument("--bank-temperature", type=float, default=1.0)
     ap.add_argument("--bank-none-shift", type=float, default=0.0)
     args = ap.parse_args(argv)
@@ -67,8 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.photos.startswith("holdout:"):
         chosen = photos.holdout_split(float(args.photos.split(":", 1)[1]))[1]
         label += f" on {len(chosen)} held-out TRAIN photos"
+    elif args.photos.startswith("packages:"):
+        wanted = set(args.photos.split(":", 1)[1].split(","))
+        chosen = [p for p in photos.split()[0] if p.source.split(":", 1)[1] in wanted]
+        if not chosen:
+            ap.error(f"no TRAIN photos come from {sorted(wanted)}")
+        label += f" on the {len(chosen)} TRAIN photos of {','.join(sorted(wanted))}"
     else:
-        ap.error(f"--photos must be eval or holdout:FRACTION, got {args.photos!r}")
+        ap.error(f"--photos must be eval, holdout:FRACTION or packages:NAME[,NAME…], got {args.photos!r}")
     evals = [_tensor(photos.load(p, cache, args.size)) for p in chosen]
 
     def score(look):
