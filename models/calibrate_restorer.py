@@ -28,9 +28,8 @@ def calibrate(weights: str, out: str, temperature: float, none_shift: float, cho
         raise ValueError(f"calibrate_restorer: {storage.redact(weights)} is already calibrated "
                          f"({model.weights_card['bank_calibration']}); calibrate the weights it came from")
     model.calibrate_bank(temperature, none_shift)
-    # the training card carried inside the file; the registry adds name, sha256 and the rest again
-    card = {k: v for k, v in model.weights_card.items()
-            if k not in ("name", "sha256", "architecture", "parameters", "created", "config", "weights")}
+    # the training card carried inside the file (load_weights adds its sha256; save_weights adds the new one)
+    card = {k: v for k, v in model.weights_card.items() if k != "sha256"}
     card["bank_calibration"] = {"temperature": temperature, "none_shift": none_shift, "chosen_on": chosen_on,
                                 "applied_to": f"{storage.basename(weights)} (sha256 {model.weights_sha256})"}
     return save_weights(model, model.weights_config, out, card)

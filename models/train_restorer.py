@@ -730,8 +730,6 @@ def train_command(args: argparse.Namespace) -> int:
     card — e.g. with ``--card`` benchmark results — without decoding the pairs."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger().setLevel(min(logging.getLogger().level or logging.INFO, logging.INFO))  # see pipelines.cli
     cfg = TrainConfig(
         steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, freeze=args.freeze,
         seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,
@@ -801,7 +799,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pairs")
     parser.add_argument("weights_out")
     add_train_arguments(parser)
-    return train_command(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    # ``chromabeam train`` has pipelines.cli set logging up; run as a module, do it here
+    # (setLevel too: importing Beam may already have configured the root logger)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger().setLevel(logging.INFO)
+    return train_command(args)
 
 
 if __name__ == "__main__":
