@@ -22,7 +22,10 @@ Instagram-style filters are mostly global tone/colour curves plus smooth spatial
     ``bank_consistency`` the classifier also sees how far the view is from each
     filter's range (undo f, redo f, compare). With ``bank_other`` a last class, "another
     look" (a grade, any look not in the bank), takes what class 0 would otherwise hold
-    besides clean photos; it adds no inverse. With ``bank_heads=K`` K classifiers
+    besides clean photos; it adds no inverse. With ``bank_shading`` the classifier also
+    sees the view's shading statistics (``transforms.ops.shading_stats``: how local
+    log-intensity variation behaves per luminance — tone curves change it whatever the
+    scene). With ``bank_heads=K`` K classifiers
     (trained on different shuffles) average their weights. The bank is trained apart
     from the rest (``train_restorer.train_bank``).
 
@@ -61,6 +64,7 @@ from chromabeam.transforms.ops.colour_stats import (
     global_colour_features,
     global_feature_count,
 )
+from chromabeam.transforms.ops.shading_stats import shading_feature_count, shading_statistics
 from chromabeam.transforms.ops.dncm import (
     DEFAULT_CHUNK_PIXELS,
     affine_identity_grid,
@@ -90,7 +94,7 @@ def soft_histogram(x: torch.Tensor, bins: int) -> torch.Tensor:
 class Restorer(nn.Module):
     """``Restorer(lut_size=17, lut_basis=8, grid_size=16, grid_bins=8, view_size=256,
     width=64, hist_bins=0, encoder="efficientnet", pretrained=True, bank=0,
-    bank_consistency=False)``. With the
+    bank_consistency=False, bank_other=False, bank_heads=1, bank_shading=False)``. With the
     EfficientNet encoder, ``hist_bins > 0`` adds colour statistics of the view to the
     heads (per-channel soft histograms for the global path, each grid cell's mean colour
     for the local path); with ``encoder="stats"`` the heads see colour statistics only
@@ -117,6 +121,7 @@ class Restorer(nn.Module):
         bank_consistency: bool = False,
         bank_other: bool = False,
         bank_heads: int = 1,
+        bank_shading: bool = False,
     ):
         super().__init__()
         if (lut_size < 2 or lut_basis < 1 or grid_size < 1 or grid_bins < 1 or view_size < 32 or width < 1
@@ -176,13 +181,15 @@ class Restorer(nn.Module):
         self.bank_consistency = bool(bank_consistency) and self.bank_size > 0
         self.bank_other = bool(bank_other) and self.bank_size > 0
         self.bank_head_count = int(bank_heads) if self.bank_size else 1
+        self.bank_shading = bool(bank_shading) and self.bank_size > 0
         if self.bank_size:
             # The filter bank: fixed inverse LUTs (as residuals from the identity) and a
             # classifier on the view's standardised colour statistics → "which filter, how
             # strong" (class 0: none). Set by ``set_bank``; trained apart (train_restorer).
             # With ``bank_consistency`` the classifier also sees, per filter, how far the
             # view is from that filter's range (``bank_check_features``).
-            n_feat = global_feature_count(self.hist_bins or 16) + (2 * self.bank_size if self.bank_consistency else 0)
+            n_feat = (global_feature_count(self.hist_bins or 16) + (2 * self.bank_size if self.bank_consistency else 0)
+                      + (shading_feature_count() if self.bank_shading else 0))
             self.register_buffer("bank_luts", torch.zeros(self.bank_size, 3, lut_size, lut_size, lut_size))
             if self.bank_consistency:
                 self.register_buffer("bank_forward", torch.zeros(self.bank_size, 3, lut_size, lut_size, lut_size))
@@ -230,6 +237,7 @@ class Restorer(nn.Module):
             **({"bank_consistency": True} if self.bank_consistency else {}),
             **({"bank_other": True} if self.bank_other else {}),
             **({"bank_heads": self.bank_head_count} if self.bank_head_count > 1 else {}),
+            **({"bank_shading": True} if self.bank_shading else {}),
         }
 
     @staticmethod
@@ -281,9 +289,14 @@ class Restorer(nn.Module):
     def bank_inputs(self, view: torch.Tensor, global_features: torch.Tensor | None = None) -> torch.Tensor:
         """What the bank's classifier sees for a view ``(B, 3, s, s)``: its global colour
         features (``global_features`` when already computed), then with
-        ``bank_consistency`` the ``bank_check_features``."""
-        g = global_features if global_features is not None else global_colour_features(view, self.hist_bins or 16)
-        return torch.cat([g, self.bank_check_features(view)], dim=1) if self.bank_consistency else g
+        ``bank_consistency`` the ``bank_check_features``, then with ``bank_shading`` the
+        ``shading_statistics``."""
+        parts = [global_features if global_features is not None else global_colour_features(view, self.hist_bins or 16)]
+        if self.bank_consistency:
+            parts.append(self.bank_check_features(view))
+        if self.bank_shading:
+            parts.append(shading_statistics(view))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def bank_check_features(self, view: torch.Tensor) -> torch.Tensor:
         """Per bank filter f, how well the view fits f's range: undo f, redo f, compare —

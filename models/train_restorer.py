@@ -638,6 +638,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--bank-other", action="store_true",
                    help="the bank classifier gets a class of its own for looks not in the bank (grades), instead of "
                         "counting them as 'no filter' (Restorer bank_other)")
+    g.add_argument("--bank-shading", action="store_true",
+                   help="the bank classifier also sees the view's shading statistics (Restorer bank_shading)")
     g.add_argument("--bank-heads", type=int, default=1, metavar="K",
                    help="K bank classifiers, trained on different shuffles, average their weights")
     g.add_argument("--bank-epochs", type=int, default=30)
@@ -682,9 +684,9 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
     base = init if init is not None else Restorer(pretrained=cfg.pretrained, **_model_config(cfg))
     consistency = args.bank_consistency
     config = {k: v for k, v in base.config.items()
-              if k not in ("model", "bank", "bank_consistency", "bank_other", "bank_heads")}
+              if k not in ("model", "bank", "bank_consistency", "bank_other", "bank_heads", "bank_shading")}
     model = Restorer(**config, bank=len(filters), bank_consistency=consistency, bank_other=args.bank_other,
-                     bank_heads=args.bank_heads, pretrained=False)
+                     bank_heads=args.bank_heads, bank_shading=args.bank_shading, pretrained=False)
     # an init with a bank of its own gives everything but the bank, which is rebuilt here
     missing, unexpected = model.load_state_dict(
         {k: v for k, v in base.state_dict().items() if not k.startswith("bank")}, strict=False)
@@ -696,7 +698,7 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
     info = {"filters": filters, "fit_photos": [looks.names[i] for i in spread], "fit_side": 256,
             "classifier": {"samples": args.bank_samples, "epochs": args.bank_epochs, "crop": cfg.crop,
                            "consistency_features": consistency, "other_class": args.bank_other,
-                           "heads": args.bank_heads}}
+                           "heads": args.bank_heads, "shading_features": args.bank_shading}}
     record = storage.join(ckpt, "bank.json")
     if _checkpoint_step(ckpt) > 0:
         if storage.exists(record):

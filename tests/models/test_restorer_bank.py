@@ -232,3 +232,27 @@ def test_a_sharper_calibration_commits_to_the_top_filter():
         model.calibrate_bank(0.5)
         w2 = model.bank_weights(torch.zeros(1, 180))[0, 0]
     assert 0.6 < float(w1) < 0.7 and float(w2) > 0.84
+
+
+def test_shading_features_join_the_bank_inputs_and_survive_the_registry(tmp_path):
+    """``bank_shading``: the classifier sees the colour statistics, then the view's
+    ``shading_statistics``; the option is in the config, so the weights rebuild it."""
+    from chromabeam.transforms.ops.colour_stats import global_colour_features, global_feature_count
+    from chromabeam.transforms.ops.shading_stats import shading_feature_count, shading_statistics
+
+    torch.manual_seed(4)
+    model = Restorer(**SMALL, bank=2, bank_shading=True, pretrained=False).eval()
+    x = _float(_photo("coffee", 80, 60))
+    view = model.view(x)
+    feats = model.bank_inputs(view)
+    assert feats.shape == (1, global_feature_count(16) + shading_feature_count()) == (1, model.bank_mean.numel())
+    torch.testing.assert_close(feats[:, :180], global_colour_features(view, 16))
+    torch.testing.assert_close(feats[:, 180:], shading_statistics(view))
+    assert model.config["bank_shading"] is True and "bank_shading" not in Restorer(**SMALL, pretrained=False).config
+    with torch.no_grad():
+        last = model.bank_head[-1]
+        torch.nn.init.normal_(last.weight, std=0.3)
+    url = save_weights(model, model.config, str(tmp_path), {"task": "test"})
+    again = build_model(url, "cpu").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x))

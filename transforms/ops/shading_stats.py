@@ -1,0 +1,82 @@
+"""Shading statistics of an image view: how local intensity variation behaves at each
+luminance, a fingerprint of tone curves that does not depend on what the photo shows.
+
+Most local variation in a photograph is shading — light falling off, folds, texture under
+one illuminant — and shading is multiplicative in linear light, so it stays multiplicative
+after any power-law encoding (sRGB): in log space it moves all three channels together,
+by about the same amount at every luminance. A look's tone curve ``f`` rescales each
+channel's log-variation by its elasticity ``f'(v)·v / f(v)``: a fade (lifted blacks)
+flattens the shadows' log-contrast, a per-channel curve makes one channel's log-variation
+larger or smaller than another's in a luminance-dependent way. Colour histograms see
+*which* colours a view holds, which depends on the scene; these statistics see how the
+colours *vary*, which depends much less on it (measured in docs/restorer.md: the filter
+bank's classifier recognises filters on unseen photos far more often with them).
+
+``shading_statistics(view)`` → ``(B, shading_feature_count())``: at the view's scale and
+at ``SCALES − 1`` successive 2× downscales, over neighbouring-pixel log-differences binned
+by the pair's luminance into ``BANDS`` bands,
+
+- each band's log-contrast (RMS of the mean channel's log-difference) relative to the
+  view's mean log-contrast, and that mean (``BANDS + 1``);
+- each channel's regression slope on the mean channel's log-difference (1 for pure
+  shading; ``3 · BANDS``);
+- the log of the energy left over after those slopes (variation that is not shading:
+  edges between differently coloured surfaces; ``BANDS``).
+
+Takes ``(B, 3, H, W)`` float in [0, 1]; ``H, W`` ≥ ``2**SCALES``. Not differentiable in
+the band assignment (the classifier that uses it is trained on fixed features).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .color import rgb_to_luma
+
+__all__ = ["shading_statistics", "shading_feature_count", "BANDS", "SCALES"]
+
+BANDS = 8
+SCALES = 2
+# log(x + EPS): keeps 8-bit quantisation steps in the deepest shadows from dominating.
+_EPS = 1.0 / 64
+_PER_SCALE = BANDS + 1 + 3 * BANDS + BANDS
+
+
+def shading_feature_count() -> int:
+    return SCALES * _PER_SCALE
+
+
+def _one_scale(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` → ``(B, _PER_SCALE)`` at this scale."""
+    lum = rgb_to_luma(x)[:, 0]  # (B, H, W)
+    logs = torch.log(x + _EPS)
+    diffs = torch.cat([(logs[..., :, 1:] - logs[..., :, :-1]).flatten(2),
+                       (logs[..., 1:, :] - logs[..., :-1, :]).flatten(2)], dim=2)  # (B, 3, N)
+    level = torch.cat([(0.5 * (lum[..., :, 1:] + lum[..., :, :-1])).flatten(1),
+                       (0.5 * (lum[..., 1:, :] + lum[..., :-1, :])).flatten(1)], dim=1)  # (B, N)
+    band = (level * BANDS).long().clamp(0, BANDS - 1)
+    member = F.one_hot(band, BANDS).to(x.dtype)  # (B, N, K)
+    common = diffs.mean(dim=1)  # (B, N): the shading estimate
+    count = member.sum(dim=1) + 1e-3
+    energy = torch.einsum("bn,bnk->bk", common * common, member)
+    contrast = 0.5 * torch.log((energy + 1e-6) / count)  # (B, K)
+    overall = contrast.mean(dim=1, keepdim=True)
+    # small priors pull empty bands' slopes to 1 (pure shading) rather than 0/0
+    slope = (torch.einsum("bcn,bnk->bck", diffs * common[:, None], member) + 1e-4) / (energy[:, None] + 1e-4)
+    fitted = torch.gather(slope, 2, band[:, None].expand(-1, 3, -1)) * common[:, None]
+    left = torch.einsum("bn,bnk->bk", ((diffs - fitted) ** 2).sum(dim=1), member) / (energy + 1e-4)
+    return torch.cat([contrast - overall, overall, slope.flatten(1), torch.log(left + 1e-3)], dim=1)
+
+
+def shading_statistics(view: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` in [0, 1] → ``(B, shading_feature_count())`` (see the module doc)."""
+    if not isinstance(view, torch.Tensor) or view.ndim != 4 or view.shape[1] != 3 or not view.is_floating_point():
+        got = (tuple(view.shape), view.dtype) if isinstance(view, torch.Tensor) else type(view).__name__
+        raise ValueError(f"shading_statistics: expected float RGB images (B, 3, H, W) in [0, 1], got {got}")
+    if min(view.shape[-2:]) < 2 ** SCALES:
+        raise ValueError(f"shading_statistics: need H, W >= {2 ** SCALES}, got {tuple(view.shape[-2:])}")
+    x, out = view.clamp(0, 1), []
+    for _ in range(SCALES):
+        out.append(_one_scale(x))
+        x = F.avg_pool2d(x, 2)
+    return torch.cat(out, dim=1)
