@@ -54,17 +54,22 @@ def _one_scale(x: torch.Tensor) -> torch.Tensor:
                        (logs[..., 1:, :] - logs[..., :-1, :]).flatten(2)], dim=2)  # (B, 3, N)
     level = torch.cat([(0.5 * (lum[..., :, 1:] + lum[..., :, :-1])).flatten(1),
                        (0.5 * (lum[..., 1:, :] + lum[..., :-1, :])).flatten(1)], dim=1)  # (B, N)
-    band = (level * BANDS).long().clamp(0, BANDS - 1)
-    member = F.one_hot(band, BANDS).to(x.dtype)  # (B, N, K)
+    band = (level * BANDS).long().clamp(0, BANDS - 1)  # (B, N)
+
+    def per_band(values: torch.Tensor) -> torch.Tensor:  # (B, N) → sums per band (B, K)
+        return values.new_zeros(values.shape[0], BANDS).scatter_add_(1, band, values)
+
     common = diffs.mean(dim=1)  # (B, N): the shading estimate
-    count = member.sum(dim=1) + 1e-3
-    energy = torch.einsum("bn,bnk->bk", common * common, member)
+    count = per_band(torch.ones_like(common)) + 1e-3
+    energy = per_band(common * common)
     contrast = 0.5 * torch.log((energy + 1e-6) / count)  # (B, K)
     overall = contrast.mean(dim=1, keepdim=True)
     # small priors pull empty bands' slopes to 1 (pure shading) rather than 0/0
-    slope = (torch.einsum("bcn,bnk->bck", diffs * common[:, None], member) + 1e-4) / (energy[:, None] + 1e-4)
-    fitted = torch.gather(slope, 2, band[:, None].expand(-1, 3, -1)) * common[:, None]
-    left = torch.einsum("bn,bnk->bk", ((diffs - fitted) ** 2).sum(dim=1), member) / (energy + 1e-4)
+    cross = torch.stack([per_band(diffs[:, c] * common) for c in range(3)], dim=1)  # (B, 3, K)
+    square = torch.stack([per_band(diffs[:, c] * diffs[:, c]) for c in range(3)], dim=1)
+    slope = (cross + 1e-4) / (energy[:, None] + 1e-4)
+    # Σ (d − s·m)² per band and channel, from the band sums (no second pass over the pixels)
+    left = (square - 2 * slope * cross + slope * slope * energy[:, None]).clamp_min(0).sum(dim=1) / (energy + 1e-4)
     return torch.cat([contrast - overall, overall, slope.flatten(1), torch.log(left + 1e-3)], dim=1)
 
 
