@@ -5,18 +5,21 @@ checkpoints; ``benchmarks/restore_quality.py`` is the benchmark.
 
     python benchmarks/restore_quick.py WEIGHTS.safetensors|CHECKPOINT_DIR [--size 512]
         [--photos eval|holdout:FRACTION|packages:NAME,…] [--bank-temperature T] [--bank-none-shift D]
+        [--jpeg QUALITY]
 
 A CHECKPOINT_DIR is a ``chromabeam train restorer`` checkpoint folder (``model.safetensors``
 + ``state.json``). ``--photos holdout:F`` scores the TRAIN photos that ``chromabeam train
 restorer --holdout-photos F`` left out instead of the EVAL photos (``packages:…``: the
 TRAIN photos of those packages, e.g. ones added to the catalogue after a model was
-trained); settings such as the
+trained); ``--jpeg Q`` saves every input (filtered, graded or clean) as a JPEG of quality Q
+and decodes it before the model sees it, as photos arrive in practice. Settings such as the
 bank's calibration (``--bank-temperature``/``--bank-none-shift``, applied with
 ``Restorer.calibrate_bank`` before scoring) are chosen there, never on EVAL.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -50,6 +53,16 @@ def load(path: str) -> tuple[Restorer, str]:
     return model.eval(), os.path.basename(path)
 
 
+def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """``(1, 3, H, W)`` in [0, 1] → the same image after a JPEG encode/decode at ``quality``."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buf, "JPEG", quality=quality)
+    decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return torch.from_numpy(decoded.copy()).permute(2, 0, 1)[None].float() / 255
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("weights")
@@ -59,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                          "those packages: photos a model trained before they joined the catalogue never saw)")
     ap.add_argument("--bank-temperature", type=float, default=1.0)
     ap.add_argument("--bank-none-shift", type=float, default=0.0)
+    ap.add_argument("--jpeg", type=int, default=0, metavar="QUALITY",
+                    help="round-trip every input through a JPEG of this quality (Pillow, 4:2:0) before restoring")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model, label = load(args.weights)
@@ -80,11 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ap.error(f"--photos must be eval, holdout:FRACTION or packages:NAME[,NAME…], got {args.photos!r}")
     evals = [_tensor(photos.load(p, cache, args.size)) for p in chosen]
+    if args.jpeg:
+        if not 1 <= args.jpeg <= 100:
+            ap.error(f"--jpeg must be a quality in [1, 100], got {args.jpeg}")
+        label += f" (JPEG q{args.jpeg} inputs)"
 
     def score(look):
         nothing, restored = [], []
         for clean in evals:
-            x = _q8(look(clean))
+            x = _jpeg(_q8(look(clean)), args.jpeg) if args.jpeg else _q8(look(clean))
             with torch.inference_mode():
                 y = _q8(model(x))
             nothing.append(float(psnr(x, clean)[0]))
@@ -95,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     filters = [score(lambda c, f=f: apply_filter(c, f, 1.0)) for f in IFFI_FILTERS]
     grades = [score(lambda c, s=s: apply_grade(c, sample_grade(np.random.default_rng(GRADE_SEED + s)), 1.0))
               for s in range(4)]
-    identity = score(lambda c: c)[1]
+    clean_in, identity = score(lambda c: c)  # clean_in: ∞ unless the input went through a JPEG
     print(f"{label}: IFFI nothing {np.mean([a for a, _ in filters]):.2f} model {np.mean([b for _, b in filters]):.2f} | "
           f"grades nothing {np.mean([a for a, _ in grades]):.2f} model {np.mean([b for _, b in grades]):.2f} | "
-          f"identity {identity:.2f}  [{time.time() - t:.0f} s]")
+          f"identity {identity:.2f}" + (f" (its JPEG input {clean_in:.2f})" if args.jpeg else "")
+          + f"  [{time.time() - t:.0f} s]")
     print("per filter (model − nothing, dB):", " ".join(f"{f}:{b - a:+.1f}" for f, (a, b) in zip(IFFI_FILTERS, filters)))
     return 0
 
