@@ -34,10 +34,10 @@ FEATURE_SETS = ("colour", "colour + shading")
 _MODEL = {"encoder": "stats", "view_size": 128, "width": 16, "lut_size": 9, "grid_size": 4, "lut_basis": 2}
 
 
-def held_out_views(model: Restorer, held: list, cache: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each held-out photo clean (label 0) and through each IFFI filter (label 1 + its bank
-    index), 8-bit, viewed whole → (bank inputs ``(N, F)``, labels ``(N,)``)."""
-    filters = list(PhotoLooks([np.zeros((4, 4, 3), np.uint8)], ["-"]).config.filters)
+def held_out_views(model: Restorer, held: list, cache: str, size: int,
+                   filters: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each held-out photo clean (label 0) and through each IFFI filter (label 1 + its index
+    in the bank's ``filters``), 8-bit, viewed whole → (bank inputs ``(N, F)``, labels ``(N,)``)."""
     feats, labels = [], []
     for p in held:
         clean = torch.from_numpy(np.asarray(photos.load(p, cache, size)).copy()).permute(2, 0, 1)[None].float() / 255
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     shading = Restorer(**_MODEL, bank=len(filters), bank_shading=True, pretrained=False)
     feats, labels, strengths = bank_dataset(shading, looks, filters, args.samples, 128,
                                             np.random.default_rng(args.seed + 1))
-    test_feats, test_labels = held_out_views(shading, held, cache, args.size)
+    test_feats, test_labels = held_out_views(shading, held, cache, args.size, filters)
     print(f"{len(labels)} looks of {len(looks)} photos, {len(held)} held-out photos [{time.time() - t0:.0f} s]",
           flush=True)
     n_colour = global_feature_count(16)

@@ -64,7 +64,6 @@ from chromabeam.transforms.ops.colour_stats import (
     global_colour_features,
     global_feature_count,
 )
-from chromabeam.transforms.ops.shading_stats import shading_feature_count, shading_statistics
 from chromabeam.transforms.ops.dncm import (
     DEFAULT_CHUNK_PIXELS,
     affine_identity_grid,
@@ -73,6 +72,7 @@ from chromabeam.transforms.ops.dncm import (
     lut3d_identity,
     map_row_chunks,
 )
+from chromabeam.transforms.ops.shading_stats import shading_feature_count, shading_statistics
 
 __all__ = ["Restorer", "soft_histogram"]
 
