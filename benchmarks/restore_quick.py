@@ -1,5 +1,6 @@
 """A quick restorer check for training runs (~30 s): the EVAL photos at 512 px, the 16 IFFI
-filters at full strength, 4 unseen procedural grades, and clean photos (identity) —
+filters at full strength, 4 unseen procedural grades, 3 white-balance casts (channel gains:
+warm, cool, mildly warm), and clean photos (identity) —
 mean PSNR of doing nothing and of the model. No oracle, no SSIM/ΔE: for comparing
 checkpoints; ``benchmarks/restore_quality.py`` is the benchmark.
 
@@ -51,6 +52,10 @@ def load(path: str) -> tuple[Restorer, str]:
 
     model = build_model(path, "cpu")
     return model.eval(), os.path.basename(path)
+
+
+# white-balance casts (R, G, B gains): the commonest "grade" of all, and a linear map
+CASTS = ((1.2, 1.0, 0.7), (0.8, 1.0, 1.2), (1.1, 1.0, 0.85))
 
 
 def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
@@ -114,12 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     filters = [score(lambda c, f=f: apply_filter(c, f, 1.0)) for f in IFFI_FILTERS]
     grades = [score(lambda c, s=s: apply_grade(c, sample_grade(np.random.default_rng(GRADE_SEED + s)), 1.0))
               for s in range(4)]
+    casts = [score(lambda c, g=g: (c * torch.tensor(g).view(1, 3, 1, 1)).clamp(0, 1)) for g in CASTS]
     clean_in, identity = score(lambda c: c)  # clean_in: ∞ unless the input went through a JPEG
     print(f"{label}: IFFI nothing {np.mean([a for a, _ in filters]):.2f} model {np.mean([b for _, b in filters]):.2f} | "
           f"grades nothing {np.mean([a for a, _ in grades]):.2f} model {np.mean([b for _, b in grades]):.2f} | "
+          f"casts nothing {np.mean([a for a, _ in casts]):.2f} model {np.mean([b for _, b in casts]):.2f} | "
           f"identity {identity:.2f}" + (f" (its JPEG input {clean_in:.2f})" if args.jpeg else "")
           + f"  [{time.time() - t:.0f} s]")
     print("per filter (model − nothing, dB):", " ".join(f"{f}:{b - a:+.1f}" for f, (a, b) in zip(IFFI_FILTERS, filters)))
+    print("per cast (model − nothing, dB):", " ".join(f"{g}:{b - a:+.1f}" for g, (a, b) in zip(CASTS, casts)))
     return 0
 
 
