@@ -195,7 +195,7 @@ class PhotoLooks:
     ``sample(batch, size, rng) -> (input, target)`` float ``(batch, 3, size, size)``."""
 
     def __init__(self, images: list[np.ndarray], names: list[str], *, identity_prob: float = 0.12,
-                 mosaic_prob: float = 0.25, perturb_prob: float = 1.0):
+                 mosaic_prob: float = 0.25, perturb_prob: float = 1.0, cast_prob: float = 0.0):
         from chromabeam.transforms.ops.synth import SynthConfig
 
         if not images or len(images) != len(names):
@@ -207,6 +207,9 @@ class PhotoLooks:
         if not 0.0 <= perturb_prob <= 1.0:
             raise ValueError(f"PhotoLooks: perturb_prob must be in [0, 1], got {perturb_prob}")
         self.perturb_prob = float(perturb_prob)
+        if not 0.0 <= cast_prob <= 1.0:
+            raise ValueError(f"PhotoLooks: cast_prob must be in [0, 1], got {cast_prob}")
+        self.cast_prob = float(cast_prob)
 
     @classmethod
     def from_photos(cls, cache: str, *, max_side: int = 768, limit: int | None = None, holdout: float = 0.0,
@@ -257,7 +260,12 @@ class PhotoLooks:
                 spec["strength"] = 1.0
             if spec["perturb"] and rng.random() >= self.perturb_prob:
                 spec["perturb"] = []
-            x = apply_transform(y, spec).clamp(0, 1).mul(255).round().div(255)
+            if self.cast_prob and rng.random() < self.cast_prob:
+                spec = sample_cast(rng)
+                x = apply_cast(y, spec)
+            else:
+                x = apply_transform(y, spec)
+            x = x.clamp(0, 1).mul(255).round().div(255)
             xs.append(x)
             ys.append(y)
             specs.append(spec)
@@ -265,6 +273,26 @@ class PhotoLooks:
 
     def sources(self) -> list[str]:
         return list(self.names)
+
+
+# White-balance casts: per-channel gains on the encoded values, log-uniform (R ±0.3, G
+# ±0.08, B ±0.4: up to ×1.35 / ×0.67). The transform library's grades shift channels by at
+# most ±0.04 at mid-tones, so without these a plain warm or cool photo is a look the
+# restorer never saw (and its bank reads it as whichever filter it resembles).
+_CAST_LOG_RANGE = (0.3, 0.08, 0.4)
+
+
+def sample_cast(rng: np.random.Generator) -> dict:
+    """One white-balance cast: ``{"family": "cast", "id": "cast", "gains": [r, g, b],
+    "strength": 1.0, "perturb": []}`` (not a bank filter: the bank classifier's class 0,
+    or "another look" with ``bank_other``)."""
+    gains = [round(float(np.exp(rng.uniform(-r, r))), 4) for r in _CAST_LOG_RANGE]
+    return {"family": "cast", "id": "cast", "gains": gains, "strength": 1.0, "params": None, "perturb": []}
+
+
+def apply_cast(images: torch.Tensor, spec: dict) -> torch.Tensor:
+    """``(B, 3, H, W)`` in [0, 1] times the cast's per-channel gains (not clamped)."""
+    return images * torch.tensor(spec["gains"], dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
 
 
 def inverse_filter_tables(images: list[np.ndarray], filters: list[str], size: int, *, side: int = 256,
@@ -625,6 +653,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--identity-prob", type=float, default=0.12, help="photos:CACHE only: share of unchanged inputs")
     g.add_argument("--perturb-prob", type=float, default=1.0,
                    help="photos:CACHE only: share of looks that get light Harmonizer perturbations")
+    g.add_argument("--cast-prob", type=float, default=0.0,
+                   help="photos:CACHE only: share of looks replaced by a white-balance cast (per-channel gains)")
     g.add_argument("--init", metavar="WEIGHTS", default=None,
                    help="start from these restorer weights (fine-tuning; ignored when resuming a checkpoint)")
     g.add_argument("--filter-bank", type=int, default=0, metavar="PHOTOS",
@@ -743,11 +773,12 @@ def train_command(args: argparse.Namespace) -> int:
     if args.pairs.startswith(PHOTOS_PREFIX):
         pairs = PhotoLooks.from_photos(args.pairs[len(PHOTOS_PREFIX):] or DEFAULT_PHOTO_CACHE, max_side=cfg.max_side,
                                        holdout=args.holdout_photos,
-                                       identity_prob=args.identity_prob, perturb_prob=args.perturb_prob)
+                                       identity_prob=args.identity_prob, perturb_prob=args.perturb_prob,
+                                       cast_prob=args.cast_prob)
         sources = pairs.sources()
         pair_info = {"url": storage.redact(args.pairs), "made_on_the_fly": True,
                      "synth_config": dataclasses.asdict(pairs.config), "mosaic_prob": pairs.mosaic_prob,
-                     "perturb_prob": pairs.perturb_prob}
+                     "perturb_prob": pairs.perturb_prob, "cast_prob": pairs.cast_prob}
     else:
         if args.holdout_photos:
             raise ValueError("--holdout-photos needs PAIRS = photos:CACHE (it holds out catalogue photos)")

@@ -299,3 +299,29 @@ def test_a_resumed_banked_run_keeps_the_banks_account_in_its_card(tmp_path, monk
     assert train_command(parser.parse_args(common + ["--bank-temperature", "0.5"])) == 0
     again = json.loads(next((tmp_path / "w").glob("restorer-*.json")).read_text())
     assert again["filter_bank"] == bank and again["bank_calibration"]["temperature"] == 0.5
+
+
+def test_white_balance_casts_join_the_looks_and_are_not_bank_filters():
+    """``cast_prob``: a share of the looks are per-channel gains (the input is the clean
+    crop times the gains, 8-bit; the target the clean crop), labelled "not a bank filter"."""
+    import skimage.data
+    from PIL import Image
+
+    from chromabeam.models.restorer import Restorer
+    from chromabeam.models.train_restorer import PhotoLooks, bank_dataset
+
+    img = np.asarray(Image.fromarray(skimage.data.coffee()).resize((96, 72)))
+    looks = PhotoLooks([img], ["coffee"], identity_prob=0.0, perturb_prob=0.0, cast_prob=1.0)
+    x, y, specs = looks.sample_with_specs(6, 48, np.random.default_rng(3))
+    assert all(s["family"] == "cast" for s in specs)
+    for i, s in enumerate(specs):
+        gains = torch.tensor(s["gains"]).view(3, 1, 1)
+        assert all(0.6 < g < 1.5 for g in s["gains"]) and len(set(s["gains"])) > 1
+        want = (y[i] * gains).clamp(0, 1).mul(255).round().div(255)
+        torch.testing.assert_close(x[i], want, rtol=0, atol=1e-6)
+    model = Restorer(encoder="stats", view_size=64, width=8, lut_size=9, grid_size=4, lut_basis=2, bank=40,
+                     pretrained=False)
+    _, labels, _ = bank_dataset(model, looks, list(looks.config.filters), 8, 48, np.random.default_rng(4))
+    assert labels.tolist() == [0] * 8
+    with pytest.raises(ValueError, match="cast_prob"):
+        PhotoLooks([img], ["coffee"], cast_prob=1.5)
