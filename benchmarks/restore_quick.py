@@ -31,8 +31,10 @@ import torch
 
 from chromabeam.models import photos
 from chromabeam.models.restorer import Restorer
+from chromabeam.models.train_restorer import apply_cast
 from chromabeam.transforms.ops.filters import IFFI_FILTERS, apply_filter
 from chromabeam.transforms.ops.grades import apply_grade, sample_grade
+from chromabeam.transforms.ops.imageio import decode_image, to_float, to_uint8
 from chromabeam.transforms.ops.metrics import psnr
 from restore_quality import GRADE_SEED, _q8, _tensor  # the full benchmark's seeds and conversions (same folder)
 
@@ -59,13 +61,13 @@ CASTS = ((1.2, 1.0, 0.7), (0.8, 1.0, 1.2), (1.1, 1.0, 0.85))
 
 
 def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    """``(1, 3, H, W)`` in [0, 1] → the same image after a JPEG encode/decode at ``quality``."""
+    """``(1, 3, H, W)`` in [0, 1] → the same image after a JPEG encode/decode at ``quality``,
+    4:2:0 as cameras and Instagram save (``imageio.encode_image`` keeps 4:4:4 from q90 up)."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buf, "JPEG", quality=quality)
-    decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-    return torch.from_numpy(decoded.copy()).permute(2, 0, 1)[None].float() / 255
+    Image.fromarray(to_uint8(x[0])).save(buf, "JPEG", quality=quality, subsampling=2)
+    return to_float(decode_image(buf.getvalue()))[None]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bank-temperature", type=float, default=1.0)
     ap.add_argument("--bank-none-shift", type=float, default=0.0)
     ap.add_argument("--jpeg", type=int, default=0, metavar="QUALITY",
-                    help="round-trip every input through a JPEG of this quality (Pillow, 4:2:0) before restoring")
+                    help="round-trip every input through a JPEG of this quality (4:2:0) before restoring")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model, label = load(args.weights)
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     filters = [score(lambda c, f=f: apply_filter(c, f, 1.0)) for f in IFFI_FILTERS]
     grades = [score(lambda c, s=s: apply_grade(c, sample_grade(np.random.default_rng(GRADE_SEED + s)), 1.0))
               for s in range(4)]
-    casts = [score(lambda c, g=g: (c * torch.tensor(g).view(1, 3, 1, 1)).clamp(0, 1)) for g in CASTS]
+    casts = [score(lambda c, g=g: apply_cast(c, {"gains": g}).clamp(0, 1)) for g in CASTS]
     clean_in, identity = score(lambda c: c)  # clean_in: ∞ unless the input went through a JPEG
     print(f"{label}: IFFI nothing {np.mean([a for a, _ in filters]):.2f} model {np.mean([b for _, b in filters]):.2f} | "
           f"grades nothing {np.mean([a for a, _ in grades]):.2f} model {np.mean([b for _, b in grades]):.2f} | "
