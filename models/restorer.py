@@ -26,8 +26,11 @@ Instagram-style filters are mostly global tone/colour curves plus smooth spatial
     sees the view's shading statistics (``transforms.ops.shading_stats``: how local
     log-intensity variation behaves per luminance — tone curves change it whatever the
     scene). With ``bank_heads=K`` K classifiers
-    (trained on different shuffles) average their weights. The bank is trained apart
-    from the rest (``train_restorer.train_bank``).
+    (trained on different shuffles) average their weights. With ``bank_grids`` each
+    filter also has a fixed bilateral grid, fitted with its LUT
+    (``train_restorer.fit_bank_grids``), added to the grid of (b) with the same weight:
+    the filter's vignette or gradient undone where a LUT alone, blind to position,
+    cannot. The bank is trained apart from the rest (``train_restorer.train_bank``).
 
 At full resolution each pixel goes through the sliced affine first (undo the spatial
 part), then the LUT (undo the global curve). Both are applied in row chunks, so memory
@@ -94,7 +97,8 @@ def soft_histogram(x: torch.Tensor, bins: int) -> torch.Tensor:
 class Restorer(nn.Module):
     """``Restorer(lut_size=17, lut_basis=8, grid_size=16, grid_bins=8, view_size=256,
     width=64, hist_bins=0, encoder="efficientnet", pretrained=True, bank=0,
-    bank_consistency=False, bank_other=False, bank_heads=1, bank_shading=False)``. With the
+    bank_consistency=False, bank_other=False, bank_heads=1, bank_shading=False,
+    bank_grids=False)``. With the
     EfficientNet encoder, ``hist_bins > 0`` adds colour statistics of the view to the
     heads (per-channel soft histograms for the global path, each grid cell's mean colour
     for the local path); with ``encoder="stats"`` the heads see colour statistics only
@@ -122,6 +126,7 @@ class Restorer(nn.Module):
         bank_other: bool = False,
         bank_heads: int = 1,
         bank_shading: bool = False,
+        bank_grids: bool = False,
     ):
         super().__init__()
         if (lut_size < 2 or lut_basis < 1 or grid_size < 1 or grid_bins < 1 or view_size < 32 or width < 1
@@ -182,6 +187,7 @@ class Restorer(nn.Module):
         self.bank_other = bool(bank_other) and self.bank_size > 0
         self.bank_head_count = int(bank_heads) if self.bank_size else 1
         self.bank_shading = bool(bank_shading) and self.bank_size > 0
+        self.bank_grids = bool(bank_grids) and self.bank_size > 0
         if self.bank_size:
             # The filter bank: fixed inverse LUTs (as residuals from the identity) and a
             # classifier on the view's standardised colour statistics → "which filter, how
@@ -193,6 +199,9 @@ class Restorer(nn.Module):
             self.register_buffer("bank_luts", torch.zeros(self.bank_size, 3, lut_size, lut_size, lut_size))
             if self.bank_consistency:
                 self.register_buffer("bank_forward", torch.zeros(self.bank_size, 3, lut_size, lut_size, lut_size))
+            if self.bank_grids:  # residuals from the identity grid, like bank_luts
+                self.register_buffer("bank_grid_deltas",
+                                     torch.zeros(self.bank_size, 12, grid_bins, grid_size, grid_size))
             self.register_buffer("bank_mean", torch.zeros(n_feat))
             self.register_buffer("bank_scale", torch.ones(n_feat))
             self.bank_classes = 1 + self.bank_size + int(self.bank_other)
@@ -238,6 +247,7 @@ class Restorer(nn.Module):
             **({"bank_other": True} if self.bank_other else {}),
             **({"bank_heads": self.bank_head_count} if self.bank_head_count > 1 else {}),
             **({"bank_shading": True} if self.bank_shading else {}),
+            **({"bank_grids": True} if self.bank_grids else {}),
         }
 
     @staticmethod
@@ -272,9 +282,10 @@ class Restorer(nn.Module):
         g = self.global_fc(pooled)
         w = self.lut_weights(g)  # (B, n_basis)
         lut = self._lut_identity + torch.einsum("bn,ncdhw->bcdhw", w, self.lut_basis)
+        bank_w = None
         if self.bank_size:
-            feats = self.bank_inputs(view, pooled if stats else None)
-            lut = lut + torch.einsum("bn,ncdhw->bcdhw", self.bank_weights(feats), self.bank_luts)
+            bank_w = self.bank_weights(self.bank_inputs(view, pooled if stats else None))
+            lut = lut + torch.einsum("bn,ncdhw->bcdhw", bank_w, self.bank_luts)
 
         gs = self.grid_size
         if f16.shape[-2:] != (gs, gs):
@@ -284,6 +295,8 @@ class Restorer(nn.Module):
         local = self.local(f16) + self.global_to_local(g)[:, :, None, None]
         delta = self.grid_head(F.relu(local))  # (B, 12*D, G, G)
         grid = self._grid_identity + delta.view(view.shape[0], 12, self.grid_bins, gs, gs)
+        if self.bank_grids:
+            grid = grid + torch.einsum("bn,ncdhw->bcdhw", bank_w, self.bank_grid_deltas)
         return lut, grid
 
     def bank_inputs(self, view: torch.Tensor, global_features: torch.Tensor | None = None) -> torch.Tensor:
@@ -347,10 +360,13 @@ class Restorer(nn.Module):
                 last.weight[:n] /= temperature
                 last.bias[:n] /= temperature
 
-    def set_bank(self, tables: torch.Tensor, forward: torch.Tensor | None = None) -> None:
+    def set_bank(self, tables: torch.Tensor, forward: torch.Tensor | None = None,
+                 grids: torch.Tensor | None = None) -> None:
         """Install the bank's LUTs: ``tables`` ``(bank, 3, S, S, S)`` full inverse LUTs
-        (``lut3d_apply``'s layout; stored as residuals from the identity) and, with
-        ``bank_consistency``, the filters themselves as ``forward`` LUTs of the same shape.
+        (``lut3d_apply``'s layout; stored as residuals from the identity), with
+        ``bank_consistency`` the filters themselves as ``forward`` LUTs of the same shape,
+        and with ``bank_grids`` each filter's full bilateral ``grids``
+        ``(bank, 12, D, G, G)`` (``predict``'s layout; identity grids when omitted).
         (The classifier's feature standardisation is set by ``train_restorer.train_bank``.)"""
         s = self.lut_size
         shape = (self.bank_size, 3, s, s, s)
@@ -359,10 +375,17 @@ class Restorer(nn.Module):
         if self.bank_consistency and (forward is None or tuple(forward.shape) != shape):
             raise ValueError(f"Restorer.set_bank: this bank checks consistency: forward must be {shape}, "
                              f"got {None if forward is None else tuple(forward.shape)}")
+        if grids is not None:
+            gshape = (self.bank_size, 12, self.grid_bins, self.grid_size, self.grid_size)
+            if not self.bank_grids or tuple(grids.shape) != gshape:
+                raise ValueError(f"Restorer.set_bank: grids need a model with bank_grids and shape {gshape}, "
+                                 f"got bank_grids={self.bank_grids} and {tuple(grids.shape)}")
         with torch.no_grad():
             if self.bank_consistency:
                 self.bank_forward.copy_(forward)
             self.bank_luts.copy_(tables.to(self.bank_luts) - self._lut_identity)
+            if self.bank_grids:
+                self.bank_grid_deltas.copy_(0.0 if grids is None else grids.to(self.bank_grid_deltas) - self._grid_identity)
 
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 3, H, W)`` → LUT ``(B, 3, S, S, S)`` and grid ``(B, 12, D, G, G)``."""

@@ -318,6 +318,87 @@ def inverse_filter_tables(images: list[np.ndarray], filters: list[str], size: in
     return (torch.stack(tables), torch.stack(forwards)) if forward else torch.stack(tables)
 
 
+BANK_GRID_CHOICES = ("none", "grid", "grid+lut")
+
+
+def fit_bank_grids(model: Restorer, images: list[np.ndarray], filters: list[str], *, side: int = 256,
+                   size: int = 96, steps: int = 200, batch: int = 16, lr: float = 3e-3, validation: float = 0.2,
+                   margin: float = 0.2, seed: int = 0,
+                   log_fn: Callable[[str], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """For each bank filter, a bilateral grid (and maybe a refitted LUT) so that the
+    model's ``apply`` (grid, then LUT) maps the filter's output back to the original.
+
+    ``images``: uint8 ``(H, W, 3)`` TRAIN photos, long side ``side``, the filter at full
+    strength, 8-bit rounded, then each whole photo squashed to ``size``² (the grid spans
+    the image, as a filter's vignette does). The last ``validation`` share of them is
+    held out to choose, per filter, between the bank LUT alone ("none"), a grid fitted
+    in front of it ("grid") and a grid and the LUT fitted together ("grid+lut"): a grid
+    is kept only when it beats the LUT alone by ``margin`` dB on the held-out photos —
+    filters without a spatial layer gain nothing from one, and a refitted LUT on few
+    photos can lose what the bank's least-squares fit had. Adam on L1 + 10 · MSE,
+    ``steps`` steps of ``batch`` photos per fit; the model's guide is kept as it is.
+    Returns full ``(tables (bank, 3, S, S, S), grids (bank, 12, D, G, G))`` for
+    ``model.set_bank`` and, per filter, ``{"filter", "choice", "psnr": {choice: dB}}``."""
+    from chromabeam.transforms.ops.filters import apply_filter
+    from chromabeam.transforms.ops.metrics import psnr
+
+    if not model.bank_size or len(filters) != model.bank_size:
+        raise ValueError(f"fit_bank_grids: need a model with a bank of {len(filters)} filters, "
+                         f"it has {model.bank_size}")
+    n_val = int(round(len(images) * validation))
+    if len(images) - n_val < 1 or n_val < 1:
+        raise ValueError(f"fit_bank_grids: {len(images)} photos cannot be split {1 - validation:.0%} / "
+                         f"{validation:.0%} into fitting and choosing")
+    g = torch.Generator().manual_seed(seed)
+    shrink = lambda t: torch.nn.functional.interpolate(t, size=(size, size), mode="area")  # noqa: E731
+    clean = [_float(_resize_long(a, side)) for a in images]
+    targets = torch.cat([shrink(c) for c in clean])
+    fit, val = slice(0, len(images) - n_val), slice(len(images) - n_val, None)
+    frozen = [(p, p.requires_grad) for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    def fitted(inputs, lut0, grid0, joint):
+        lut, grid = lut0.clone().requires_grad_(joint), grid0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([lut, grid] if joint else [grid], lr=lr)
+        xs, ys = inputs[fit], targets[fit]
+        for _ in range(steps):
+            idx = torch.randint(len(xs), (min(batch, len(xs)),), generator=g)
+            err = model.apply(xs[idx], lut, grid) - ys[idx]
+            loss = err.abs().mean() + 10.0 * (err ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return lut.detach(), grid.detach()
+
+    def score(inputs, lut, grid):
+        with torch.no_grad():
+            out = model.apply(inputs[val], lut, grid).clamp(0, 1)
+        return float(psnr(out, targets[val]).mean())
+
+    tables, grids, report = [], [], []
+    try:
+        for k, name in enumerate(filters):
+            inputs = torch.cat([shrink(apply_filter(c, name, 1.0).clamp(0, 1).mul(255).round().div(255))
+                                for c in clean])
+            lut0 = model._lut_identity + model.bank_luts[k:k + 1]
+            grid0 = model._grid_identity.expand(1, -1, -1, -1, -1)
+            candidates = {"none": (lut0, grid0), "grid": fitted(inputs, lut0, grid0, False),
+                          "grid+lut": fitted(inputs, lut0, grid0, True)}
+            scores = {c: round(score(inputs, *candidates[c]), 2) for c in BANK_GRID_CHOICES}
+            best = max(("grid", "grid+lut"), key=scores.get)
+            choice = best if scores[best] >= scores["none"] + margin else "none"
+            tables.append(candidates[choice][0][0])
+            grids.append(candidates[choice][1][0])
+            report.append({"filter": name, "choice": choice, "psnr": scores})
+            if log_fn:
+                log_fn(f"bank grid of {name} ({k + 1}/{len(filters)}): {choice}, held-out PSNR {scores}")
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+    return torch.stack(tables), torch.stack(grids), report
+
+
 def bank_dataset(model: Restorer, looks: "PhotoLooks", filters: list[str], samples: int, crop: int,
                  rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``samples`` fresh looks on TRAIN crops → (what the bank's classifier sees of each
@@ -397,6 +478,16 @@ def train_bank(model: Restorer, feats: torch.Tensor, labels: torch.Tensor, stren
 
 def _downscale(x: torch.Tensor, size: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(x, size=(size, size), mode="area")
+
+
+def _resize_long(a: np.ndarray, side: int) -> np.ndarray:
+    """``a`` with its long side at most ``side`` px, aspect kept."""
+    h, w = a.shape[:2]
+    if max(h, w) <= side:
+        return a
+    scale = side / max(h, w)
+    return np.asarray(Image.fromarray(a).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                Image.Resampling.LANCZOS))
 
 
 def _float(a: np.ndarray) -> torch.Tensor:
@@ -714,9 +805,13 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
     base = init if init is not None else Restorer(pretrained=cfg.pretrained, **_model_config(cfg))
     consistency = args.bank_consistency
     config = {k: v for k, v in base.config.items()
-              if k not in ("model", "bank", "bank_consistency", "bank_other", "bank_heads", "bank_shading")}
+              if k not in ("model", "bank", "bank_consistency", "bank_other", "bank_heads", "bank_shading",
+                           "bank_grids")}
+    keep_tables = init is not None and init.bank_size == len(filters) and not consistency
+    # the init's bank grids go with its tables: kept together or not at all
+    grids = keep_tables and init.bank_grids
     model = Restorer(**config, bank=len(filters), bank_consistency=consistency, bank_other=args.bank_other,
-                     bank_heads=args.bank_heads, bank_shading=args.bank_shading, pretrained=False)
+                     bank_heads=args.bank_heads, bank_shading=args.bank_shading, bank_grids=grids, pretrained=False)
     # an init with a bank of its own gives everything but the bank, which is rebuilt here
     missing, unexpected = model.load_state_dict(
         {k: v for k, v in base.state_dict().items() if not k.startswith("bank")}, strict=False)
@@ -735,11 +830,13 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
             return model, json.loads(storage.read_bytes(record))
         return model, {**info, "note": "resumed from a checkpoint without bank.json: what the bank was built from "
                                        "is in the first run's card"}
-    if init is not None and init.bank_size == len(filters) and not consistency:
-        # the same fit on the same photos: the init's tables, not ~6 min of refitting
-        model.set_bank(init.bank_luts + init._lut_identity)
+    if keep_tables:
+        # the same fit on the same photos: the init's tables (and grids), not ~6 min of refitting
+        model.set_bank(init.bank_luts + init._lut_identity,
+                       grids=init.bank_grid_deltas + init._grid_identity if grids else None)
         del info["fit_photos"], info["fit_side"]
-        info["tables"] = "kept from the --init weights (their card's filter_bank says where they were fitted)"
+        info["tables"] = ("kept from the --init weights" + (", with their bank grids" if grids else "")
+                          + " (their card's filter_bank says where they were fitted)")
     else:
         fitted = inverse_filter_tables([looks.images[i] for i in spread], filters, model.lut_size,
                                        log_fn=log.info, forward=consistency)

@@ -301,6 +301,33 @@ def test_a_resumed_banked_run_keeps_the_banks_account_in_its_card(tmp_path, monk
     assert again["filter_bank"] == bank and again["bank_calibration"]["temperature"] == 0.5
 
 
+def test_a_banked_run_keeps_the_inits_bank_grids_with_its_tables(tmp_path, monkeypatch):
+    import argparse
+
+    import chromabeam.models.train_restorer as tr
+    from chromabeam.models.registry import save_weights
+
+    torch.manual_seed(8)
+    init = Restorer(**{**TINY, "encoder": "stats"}, bank=40, bank_grids=True, pretrained=False).eval()
+    grids = init._grid_identity + 0.1 * torch.randn(40, *init._grid_identity.shape[1:])
+    init.set_bank(torch.rand(40, 3, 5, 5, 5), grids=grids)
+    init_url = save_weights(init, init.config, str(tmp_path / "init"), {"task": "test"})
+    monkeypatch.setattr(tr.PhotoLooks, "from_photos", staticmethod(lambda cache, **kw: _looks()))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("pairs")
+    parser.add_argument("weights_out")
+    add_train_arguments(parser)
+    args = ["photos:/cache", str(tmp_path / "w"), "--init", init_url, "--filter-bank", "2", "--bank-samples", "64",
+            "--bank-epochs", "1", "--steps", "1", "--batch", "2", "--crop", "32", "--loss-size", "0", "--threads", "1"]
+    assert train_command(parser.parse_args(args)) == 0
+    card = json.loads(next((tmp_path / "w").glob("restorer-*.json")).read_text())
+    assert "with their bank grids" in card["filter_bank"]["tables"]
+    saved = build_model(str(tmp_path / "w" / card["weights"]))
+    assert saved.bank_grids
+    torch.testing.assert_close(saved.bank_grid_deltas, grids - init._grid_identity, rtol=0, atol=1e-6)
+    torch.testing.assert_close(saved.bank_luts, init.bank_luts, rtol=0, atol=0)
+
+
 def test_white_balance_casts_join_the_looks_and_are_not_bank_filters():
     """``cast_prob``: a share of the looks are per-channel gains (the input is the clean
     crop times the gains, 8-bit; the target the clean crop), labelled "not a bank filter"."""

@@ -1,0 +1,96 @@
+"""Give a trained restorer's filter bank spatial inverses: each filter's bilateral grid,
+fitted with its LUT, so the filter's vignette or gradient is undone too.
+
+    python -m chromabeam.models.bank_grids WEIGHTS OUT [--photos 64] [--steps 300] [--cache DIR]
+
+A bank LUT is blind to position: for a filter with a radial or linear gradient layer
+(toaster, sutro, hefe, lofi, xpro2, hudson, mayfair, perpetua …) it can only undo the
+average over the frame. ``train_restorer.fit_bank_grids`` fits, per filter, a grid and
+the LUT together on ``--photos`` TRAIN photos spread over the catalogue (never the
+EVAL photos); the model is rebuilt with ``bank_grids`` and everything else — classifier,
+heads, learnt basis — is kept. Saved through the registry under its new content name,
+with the original card plus a ``bank_grids`` entry (photos, steps, the weights it was
+applied to).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+import numpy as np
+
+from chromabeam.models.registry import build_model, save_weights
+from chromabeam.models.restorer import Restorer
+from chromabeam.transforms import storage
+from chromabeam.transforms.ops.synth import SynthConfig
+
+log = logging.getLogger("chromabeam.bank_grids")
+
+
+def spread(n: int, total: int) -> list[int]:
+    """``n`` indices spread evenly over ``range(total)`` (every source of the catalogue,
+    not just the first)."""
+    return [int(i) for i in np.linspace(0, total - 1, min(n, total)).round().astype(int)]
+
+
+def add_bank_grids(weights: str, out: str, images: list[np.ndarray], names: list[str], *, steps: int = 200,
+                   seed: int = 0) -> str:
+    """``weights`` with bank grids fitted on ``images`` (uint8 ``(H, W, 3)`` TRAIN photos,
+    ``names`` for the card), saved under ``out``; returns its URL."""
+    from chromabeam.models.train_restorer import fit_bank_grids
+
+    base = build_model(weights, "cpu")
+    if base.weights_config.get("model") != "restorer" or not getattr(base, "bank_size", 0):
+        raise ValueError(f"bank_grids: {storage.redact(weights)} is not a restorer with a filter bank")
+    if base.bank_grids:
+        raise ValueError(f"bank_grids: {storage.redact(weights)} already has bank grids "
+                         f"({base.weights_card.get('bank_grids')}); fit them on the weights it came from")
+    card = {k: v for k, v in base.weights_card.items() if k != "sha256"}
+    # a card from a run that built the bank lists its filters; one that kept an --init's bank
+    # does not, and then the bank is the trainer's own list (what --filter-bank builds)
+    filters = (card.get("filter_bank") or {}).get("filters") or list(SynthConfig(mode="removal").filters)
+    if len(filters) != base.bank_size:
+        raise ValueError(f"bank_grids: {storage.redact(weights)} has a bank of {base.bank_size} filters; "
+                         f"its card lists {len(filters)} (filter_bank.filters)")
+    config = {k: v for k, v in base.weights_config.items() if k != "model"}
+    model = Restorer(**config, bank_grids=True, pretrained=False).eval()
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    if unexpected or missing != ["bank_grid_deltas"]:
+        raise ValueError(f"bank_grids: cannot extend this model (missing {missing}, unexpected {unexpected})")
+    t = time.time()
+    tables, grids, report = fit_bank_grids(model, images, filters, steps=steps, seed=seed, log_fn=log.info)
+    model.set_bank(tables, grids=grids)
+    card["bank_grids"] = {"filters": filters, "fit_photos": list(names), "steps": steps, "seed": seed, "per_filter": report,
+                          "seconds": round(time.time() - t, 1),
+                          "applied_to": f"{storage.basename(weights)} (sha256 {base.weights_sha256})"}
+    return save_weights(model, model.config, out, card)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m chromabeam.models.bank_grids", description=__doc__.split("\n\n")[0])
+    ap.add_argument("weights")
+    ap.add_argument("out")
+    ap.add_argument("--photos", type=int, default=64, help="TRAIN photos the grids are fitted on")
+    ap.add_argument("--steps", type=int, default=200, help="Adam steps per fit")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", default="/tmp/photo-cache", help="where the catalogue's Debian packages are unpacked")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from chromabeam.models.train_restorer import PhotoLooks
+
+    looks = PhotoLooks.from_photos(args.cache)
+    chosen = spread(args.photos, len(looks))
+    print(add_bank_grids(args.weights, args.out, [looks.images[i] for i in chosen], [looks.names[i] for i in chosen],
+                         steps=args.steps, seed=args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
