@@ -56,7 +56,7 @@ def test_a_restorer_that_changes_nothing_gives_the_identity_look():
     np.testing.assert_allclose(table, identity_table(LOOK_LUT_SIZE), rtol=0, atol=2e-6)
 
 
-# measured with the shipped restorer-b6dc980c82fa (gain over doing nothing on the 3
+# measured with the shipped restorer-60d7c4498da1 (gain over doing nothing on the 3
 # photos): 1977 +26.9/+30.4/+26.2 dB, faded +4.1/+4.4/+3.9 (restorer-7f1898c28a3c before
 # it: +26.9/+30.2/+26.0, +3.8/+4.7/+3.7). (A mild `warm` grade gains only +0.2–0.3
 # (+0.5–0.7 before): the restorer cannot tell a mild cast from the photo's own colours.)
