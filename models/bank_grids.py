@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from chromabeam.models.registry import build_model, save_weights
+from chromabeam.models.registry import build_model, derived_card, save_weights
 from chromabeam.models.restorer import Restorer
 from chromabeam.transforms import storage
 from chromabeam.transforms.ops.synth import SynthConfig
@@ -47,7 +47,7 @@ def add_bank_grids(weights: str, out: str, images: list[np.ndarray], names: list
     if base.bank_grids:
         raise ValueError(f"bank_grids: {storage.redact(weights)} already has bank grids "
                          f"({base.weights_card.get('bank_grids')}); fit them on the weights it came from")
-    card = {k: v for k, v in base.weights_card.items() if k != "sha256"}
+    card, applied_to = derived_card(base, weights)
     # a card from a run that built the bank lists its filters; one that kept an --init's bank
     # does not, and then the bank is the trainer's own list (what --filter-bank builds)
     filters = (card.get("filter_bank") or {}).get("filters") or list(SynthConfig(mode="removal").filters)
@@ -64,7 +64,7 @@ def add_bank_grids(weights: str, out: str, images: list[np.ndarray], names: list
     model.set_bank(tables, grids=grids)
     card["bank_grids"] = {"filters": filters, "fit_photos": list(names), "steps": steps, "seed": seed, "per_filter": report,
                           "seconds": round(time.time() - t, 1),
-                          "applied_to": f"{storage.basename(weights)} (sha256 {base.weights_sha256})"}
+                          "applied_to": applied_to}
     return save_weights(model, model.config, out, card)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chromabeam.models.registry import build_model, save_weights
+from chromabeam.models.registry import build_model, derived_card, save_weights
 from chromabeam.transforms import storage
 
 
@@ -28,10 +28,9 @@ def calibrate(weights: str, out: str, temperature: float, none_shift: float, cho
         raise ValueError(f"calibrate_restorer: {storage.redact(weights)} is already calibrated "
                          f"({model.weights_card['bank_calibration']}); calibrate the weights it came from")
     model.calibrate_bank(temperature, none_shift)
-    # the training card carried inside the file (load_weights adds its sha256; save_weights adds the new one)
-    card = {k: v for k, v in model.weights_card.items() if k != "sha256"}
+    card, applied_to = derived_card(model, weights)
     card["bank_calibration"] = {"temperature": temperature, "none_shift": none_shift, "chosen_on": chosen_on,
-                                "applied_to": f"{storage.basename(weights)} (sha256 {model.weights_sha256})"}
+                                "applied_to": applied_to}
     return save_weights(model, model.weights_config, out, card)
 
 

@@ -28,7 +28,7 @@ from chromabeam.models.dncm import DNCM
 from chromabeam.models.restorer import Restorer
 from chromabeam.transforms import storage
 
-__all__ = ["MODELS", "WeightsError", "save_weights", "load_weights", "build_model", "weights_name"]
+__all__ = ["MODELS", "WeightsError", "save_weights", "load_weights", "build_model", "weights_name", "derived_card"]
 
 MODELS: dict[str, type[nn.Module]] = {"dncm": DNCM, "restorer": Restorer}
 
@@ -110,6 +110,14 @@ def _markdown(card: dict) -> str:
 
 _CARD_FIELDS = {"name", "sha256", "architecture", "parameters", "created", "steps", "config",
                 "training_data", "metrics", "weights"}
+
+
+def derived_card(module: nn.Module, source: str) -> tuple[dict, str]:
+    """For weights made from ``module`` (built by ``build_model`` from ``source``) without
+    retraining it: the training card its file carries, to extend (``save_weights`` adds
+    the new sha256), and the text naming what it was applied to."""
+    card = {k: v for k, v in module.weights_card.items() if k != "sha256"}
+    return card, f"{storage.basename(source)} (sha256 {module.weights_sha256})"
 
 
 def save_weights(module: nn.Module, config: dict, out_dir_or_url: str, card: dict) -> str:

@@ -270,23 +270,30 @@ def test_train_command_holds_photos_out_and_calibrates_the_bank(tmp_path, monkey
         torch.testing.assert_close(saved.bank_logits(feats)[0], want / 0.5, rtol=1e-5, atol=1e-5)
 
 
-def test_a_resumed_banked_run_keeps_the_banks_account_in_its_card(tmp_path, monkeypatch):
+def _banked_run_from(init, tmp_path, monkeypatch, *, steps):
+    """A ``train restorer --init INIT --filter-bank`` command line on the bundled test
+    looks: (parser, argv)."""
     import argparse
 
     import chromabeam.models.train_restorer as tr
     from chromabeam.models.registry import save_weights
 
-    torch.manual_seed(6)
-    init = Restorer(**{**TINY, "encoder": "stats"}, bank=40, pretrained=False).eval()
-    init.set_bank(torch.rand(40, 3, 5, 5, 5))  # a bank of the 40 filters: its tables are kept, not refitted
     init_url = save_weights(init, init.config, str(tmp_path / "init"), {"task": "test"})
     monkeypatch.setattr(tr.PhotoLooks, "from_photos", staticmethod(lambda cache, **kw: _looks()))
     parser = argparse.ArgumentParser()
     parser.add_argument("pairs")
     parser.add_argument("weights_out")
     add_train_arguments(parser)
-    common = ["photos:/cache", str(tmp_path / "w"), "--init", init_url, "--filter-bank", "2", "--bank-samples", "64",
-              "--bank-epochs", "1", "--steps", "2", "--batch", "2", "--crop", "32", "--loss-size", "0", "--threads", "1"]
+    return parser, ["photos:/cache", str(tmp_path / "w"), "--init", init_url, "--filter-bank", "2",
+                    "--bank-samples", "64", "--bank-epochs", "1", "--steps", str(steps), "--batch", "2", "--crop", "32",
+                    "--loss-size", "0", "--threads", "1"]
+
+
+def test_a_resumed_banked_run_keeps_the_banks_account_in_its_card(tmp_path, monkeypatch):
+    torch.manual_seed(6)
+    init = Restorer(**{**TINY, "encoder": "stats"}, bank=40, pretrained=False).eval()
+    init.set_bank(torch.rand(40, 3, 5, 5, 5))  # a bank of the 40 filters: its tables are kept, not refitted
+    parser, common = _banked_run_from(init, tmp_path, monkeypatch, steps=2)
     assert train_command(parser.parse_args(common)) == 0
     first = json.loads(next((tmp_path / "w").glob("restorer-*.json")).read_text())
     bank = first["filter_bank"]
@@ -302,23 +309,11 @@ def test_a_resumed_banked_run_keeps_the_banks_account_in_its_card(tmp_path, monk
 
 
 def test_a_banked_run_keeps_the_inits_bank_grids_with_its_tables(tmp_path, monkeypatch):
-    import argparse
-
-    import chromabeam.models.train_restorer as tr
-    from chromabeam.models.registry import save_weights
-
     torch.manual_seed(8)
     init = Restorer(**{**TINY, "encoder": "stats"}, bank=40, bank_grids=True, pretrained=False).eval()
     grids = init._grid_identity + 0.1 * torch.randn(40, *init._grid_identity.shape[1:])
     init.set_bank(torch.rand(40, 3, 5, 5, 5), grids=grids)
-    init_url = save_weights(init, init.config, str(tmp_path / "init"), {"task": "test"})
-    monkeypatch.setattr(tr.PhotoLooks, "from_photos", staticmethod(lambda cache, **kw: _looks()))
-    parser = argparse.ArgumentParser()
-    parser.add_argument("pairs")
-    parser.add_argument("weights_out")
-    add_train_arguments(parser)
-    args = ["photos:/cache", str(tmp_path / "w"), "--init", init_url, "--filter-bank", "2", "--bank-samples", "64",
-            "--bank-epochs", "1", "--steps", "1", "--batch", "2", "--crop", "32", "--loss-size", "0", "--threads", "1"]
+    parser, args = _banked_run_from(init, tmp_path, monkeypatch, steps=1)
     assert train_command(parser.parse_args(args)) == 0
     card = json.loads(next((tmp_path / "w").glob("restorer-*.json")).read_text())
     assert "with their bank grids" in card["filter_bank"]["tables"]
