@@ -1,13 +1,14 @@
 """Give a trained restorer's filter bank spatial inverses: each filter's bilateral grid,
 fitted with its LUT, so the filter's vignette or gradient is undone too.
 
-    python -m chromabeam.models.bank_grids WEIGHTS OUT [--photos 64] [--steps 300] [--cache DIR]
+    python -m chromabeam.models.bank_grids WEIGHTS OUT [--photos 64] [--steps 200] [--cache DIR]
 
 A bank LUT is blind to position: for a filter with a radial or linear gradient layer
 (toaster, sutro, hefe, lofi, xpro2, hudson, mayfair, perpetua …) it can only undo the
-average over the frame. ``train_restorer.fit_bank_grids`` fits, per filter, a grid and
-the LUT together on ``--photos`` TRAIN photos spread over the catalogue (never the
-EVAL photos); the model is rebuilt with ``bank_grids`` and everything else — classifier,
+average over the frame. ``train_restorer.fit_bank_grids`` fits, per filter, a grid (in
+front of the LUT, or with the LUT refitted) on ``--photos`` TRAIN photos spread over the
+catalogue (never the EVAL photos) and keeps it where it beats the LUT alone on the ones
+it held out; the model is rebuilt with ``bank_grids`` and everything else — classifier,
 heads, learnt basis — is kept. Saved through the registry under its new content name,
 with the original card plus a ``bank_grids`` entry (photos, steps, the weights it was
 applied to).
@@ -23,24 +24,17 @@ import numpy as np
 
 from chromabeam.models.registry import build_model, derived_card, save_weights
 from chromabeam.models.restorer import Restorer
+from chromabeam.models.train_restorer import PhotoLooks, fit_bank_grids, spread
 from chromabeam.transforms import storage
 from chromabeam.transforms.ops.synth import SynthConfig
 
 log = logging.getLogger("chromabeam.bank_grids")
 
 
-def spread(n: int, total: int) -> list[int]:
-    """``n`` indices spread evenly over ``range(total)`` (every source of the catalogue,
-    not just the first)."""
-    return [int(i) for i in np.linspace(0, total - 1, min(n, total)).round().astype(int)]
-
-
 def add_bank_grids(weights: str, out: str, images: list[np.ndarray], names: list[str], *, steps: int = 200,
                    seed: int = 0) -> str:
     """``weights`` with bank grids fitted on ``images`` (uint8 ``(H, W, 3)`` TRAIN photos,
     ``names`` for the card), saved under ``out``; returns its URL."""
-    from chromabeam.models.train_restorer import fit_bank_grids
-
     base = build_model(weights, "cpu")
     if base.weights_config.get("model") != "restorer" or not getattr(base, "bank_size", 0):
         raise ValueError(f"bank_grids: {storage.redact(weights)} is not a restorer with a filter bank")
@@ -62,9 +56,8 @@ def add_bank_grids(weights: str, out: str, images: list[np.ndarray], names: list
     t = time.time()
     tables, grids, report = fit_bank_grids(model, images, filters, steps=steps, seed=seed, log_fn=log.info)
     model.set_bank(tables, grids=grids)
-    card["bank_grids"] = {"filters": filters, "fit_photos": list(names), "steps": steps, "seed": seed, "per_filter": report,
-                          "seconds": round(time.time() - t, 1),
-                          "applied_to": applied_to}
+    card["bank_grids"] = {"filters": filters, "fit_photos": list(names), "steps": steps, "seed": seed,
+                          "per_filter": report, "seconds": round(time.time() - t, 1), "applied_to": applied_to}
     return save_weights(model, model.config, out, card)
 
 
@@ -83,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from chromabeam.models.train_restorer import PhotoLooks
-
     looks = PhotoLooks.from_photos(args.cache)
     chosen = spread(args.photos, len(looks))
     print(add_bank_grids(args.weights, args.out, [looks.images[i] for i in chosen], [looks.names[i] for i in chosen],

@@ -385,7 +385,8 @@ class Restorer(nn.Module):
                 self.bank_forward.copy_(forward)
             self.bank_luts.copy_(tables.to(self.bank_luts) - self._lut_identity)
             if self.bank_grids:
-                self.bank_grid_deltas.copy_(0.0 if grids is None else grids.to(self.bank_grid_deltas) - self._grid_identity)
+                deltas = 0.0 if grids is None else grids.to(self.bank_grid_deltas) - self._grid_identity
+                self.bank_grid_deltas.copy_(deltas)
 
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 3, H, W)`` → LUT ``(B, 3, S, S, S)`` and grid ``(B, 12, D, G, G)``."""

@@ -318,6 +318,12 @@ def inverse_filter_tables(images: list[np.ndarray], filters: list[str], size: in
     return (torch.stack(tables), torch.stack(forwards)) if forward else torch.stack(tables)
 
 
+def spread(n: int, total: int) -> list[int]:
+    """``n`` indices spread evenly over ``range(total)``: photos from every source of the
+    catalogue, not just the first (which photos a bank's tables and grids are fitted on)."""
+    return [int(i) for i in np.linspace(0, total - 1, min(n, total)).round().astype(int)]
+
+
 BANK_GRID_CHOICES = ("none", "grid", "grid+lut")
 
 
@@ -818,9 +824,8 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
     if unexpected or any(not k.startswith("bank") for k in missing):
         raise ValueError(f"--filter-bank: cannot extend this model (missing {missing}, unexpected {unexpected})")
     model.chunk_pixels = base.chunk_pixels
-    n_fit = min(args.filter_bank, len(looks))
-    spread = np.linspace(0, len(looks) - 1, n_fit).round().astype(int)  # every source, not just the first
-    info = {"filters": filters, "fit_photos": [looks.names[i] for i in spread], "fit_side": 256,
+    chosen = spread(args.filter_bank, len(looks))
+    info = {"filters": filters, "fit_photos": [looks.names[i] for i in chosen], "fit_side": 256,
             "classifier": {"samples": args.bank_samples, "epochs": args.bank_epochs, "crop": cfg.crop,
                            "consistency_features": consistency, "other_class": args.bank_other,
                            "heads": args.bank_heads, "shading_features": args.bank_shading}}
@@ -838,7 +843,7 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
         info["tables"] = ("kept from the --init weights" + (", with their bank grids" if grids else "")
                           + " (their card's filter_bank says where they were fitted)")
     else:
-        fitted = inverse_filter_tables([looks.images[i] for i in spread], filters, model.lut_size,
+        fitted = inverse_filter_tables([looks.images[i] for i in chosen], filters, model.lut_size,
                                        log_fn=log.info, forward=consistency)
         tables, forward = fitted if consistency else (fitted, None)
         model.set_bank(tables, forward)

@@ -16,10 +16,10 @@ import skimage.data
 import torch
 from PIL import Image
 
-from chromabeam.models.bank_grids import add_bank_grids, spread
+from chromabeam.models.bank_grids import add_bank_grids
 from chromabeam.models.registry import build_model, save_weights
 from chromabeam.models.restorer import Restorer
-from chromabeam.models.train_restorer import fit_bank_grids, inverse_filter_tables
+from chromabeam.models.train_restorer import fit_bank_grids, inverse_filter_tables, spread
 from chromabeam.transforms.ops.filters import apply_filter
 from chromabeam.transforms.ops.metrics import psnr
 
