@@ -6,7 +6,7 @@ checkpoints; ``benchmarks/restore_quality.py`` is the benchmark.
 
     python benchmarks/restore_quick.py WEIGHTS.safetensors|CHECKPOINT_DIR [--size 512]
         [--photos eval|holdout:FRACTION|packages:NAME,…] [--bank-temperature T] [--bank-none-shift D]
-        [--jpeg QUALITY]
+        [--bank-cast-shift S] [--jpeg QUALITY]
 
 A CHECKPOINT_DIR is a ``chromabeam train restorer`` checkpoint folder (``model.safetensors``
 + ``state.json``). ``--photos holdout:F`` scores the TRAIN photos that ``chromabeam train
@@ -14,13 +14,12 @@ restorer --holdout-photos F`` left out instead of the EVAL photos (``packages:�
 TRAIN photos of those packages, e.g. ones added to the catalogue after a model was
 trained); ``--jpeg Q`` saves every input (filtered, graded or clean) as a JPEG of quality Q
 and decodes it before the model sees it, as photos arrive in practice. Settings such as the
-bank's calibration (``--bank-temperature``/``--bank-none-shift``, applied with
+bank's calibration (``--bank-temperature``/``--bank-none-shift``/``--bank-cast-shift``, applied with
 ``Restorer.calibrate_bank`` before scoring) are chosen there, never on EVAL.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -31,10 +30,9 @@ import torch
 
 from chromabeam.models import photos
 from chromabeam.models.restorer import Restorer
-from chromabeam.models.train_restorer import apply_cast
+from chromabeam.models.train_restorer import apply_cast, jpeg_round_trip
 from chromabeam.transforms.ops.filters import IFFI_FILTERS, apply_filter
 from chromabeam.transforms.ops.grades import apply_grade, sample_grade
-from chromabeam.transforms.ops.imageio import decode_image, to_float, to_uint8
 from chromabeam.transforms.ops.metrics import psnr
 from restore_quality import GRADE_SEED, _q8, _tensor  # the full benchmark's seeds and conversions (same folder)
 
@@ -60,16 +58,6 @@ def load(path: str) -> tuple[Restorer, str]:
 CASTS = ((1.2, 1.0, 0.7), (0.8, 1.0, 1.2), (1.1, 1.0, 0.85))
 
 
-def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    """``(1, 3, H, W)`` in [0, 1] → the same image after a JPEG encode/decode at ``quality``,
-    4:2:0 as cameras and Instagram save (``imageio.encode_image`` keeps 4:4:4 from q90 up)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(to_uint8(x[0])).save(buf, "JPEG", quality=quality, subsampling=2)
-    return to_float(decode_image(buf.getvalue()))[None]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("weights")
@@ -79,14 +67,16 @@ def main(argv: list[str] | None = None) -> int:
                          "those packages: photos a model trained before they joined the catalogue never saw)")
     ap.add_argument("--bank-temperature", type=float, default=1.0)
     ap.add_argument("--bank-none-shift", type=float, default=0.0)
+    ap.add_argument("--bank-cast-shift", type=float, default=0.0, help="added to the cast head's logit (bank_casts)")
     ap.add_argument("--jpeg", type=int, default=0, metavar="QUALITY",
                     help="round-trip every input through a JPEG of this quality (4:2:0) before restoring")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model, label = load(args.weights)
-    if args.bank_temperature != 1.0 or args.bank_none_shift:
-        model.calibrate_bank(args.bank_temperature, args.bank_none_shift)
-        label += f" (bank temperature {args.bank_temperature:g}, none shift {args.bank_none_shift:g})"
+    if args.bank_temperature != 1.0 or args.bank_none_shift or args.bank_cast_shift:
+        model.calibrate_bank(args.bank_temperature, args.bank_none_shift, args.bank_cast_shift)
+        label += (f" (bank temperature {args.bank_temperature:g}, none shift {args.bank_none_shift:g}"
+                  + (f", cast shift {args.bank_cast_shift:g})" if args.bank_cast_shift else ")"))
     cache = photos.fetch_debian(os.environ.get("CHROMABEAM_PHOTO_CACHE", "/tmp/photo-cache"))
     if args.photos == "eval":
         chosen = photos.split()[1]
@@ -110,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     def score(look):
         nothing, restored = [], []
         for clean in evals:
-            x = _jpeg(_q8(look(clean)), args.jpeg) if args.jpeg else _q8(look(clean))
+            x = jpeg_round_trip(_q8(look(clean)), args.jpeg) if args.jpeg else _q8(look(clean))
             with torch.inference_mode():
                 y = _q8(model(x))
             nothing.append(float(psnr(x, clean)[0]))

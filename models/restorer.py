@@ -30,7 +30,12 @@ Instagram-style filters are mostly global tone/colour curves plus smooth spatial
     filter also has a fixed bilateral grid, fitted with its LUT
     (``train_restorer.fit_bank_grids``), added to the grid of (b) with the same weight:
     the filter's vignette or gradient undone where a LUT alone, blind to position,
-    cannot. The bank is trained apart from the rest (``train_restorer.train_bank``).
+    cannot. With ``bank_casts`` a second small head on the same inputs says whether the
+    view is a white-balance cast (per-channel gains, which no filter inverse undoes) and
+    regresses its log gains; the cast's inverse (a per-channel scale, as a LUT) is added
+    with weight P(cast) × (1 − the top filter's probability), and the filters' weights
+    are scaled by 1 − that weight (``cast_weight``). The bank is trained apart
+    from the rest (``train_restorer.train_bank``, ``train_restorer.train_cast_head``).
 
 At full resolution each pixel goes through the sliced affine first (undo the spatial
 part), then the LUT (undo the global curve). Both are applied in row chunks, so memory
@@ -83,6 +88,7 @@ _LUMA_709 = (0.2126, 0.7152, 0.0722)
 ENCODERS = ("efficientnet", "stats")
 _STATS_HIDDEN = 256
 _BANK_HIDDEN = 512
+_CAST_HIDDEN = 256
 
 
 def soft_histogram(x: torch.Tensor, bins: int) -> torch.Tensor:
@@ -127,6 +133,7 @@ class Restorer(nn.Module):
         bank_heads: int = 1,
         bank_shading: bool = False,
         bank_grids: bool = False,
+        bank_casts: bool = False,
     ):
         super().__init__()
         if (lut_size < 2 or lut_basis < 1 or grid_size < 1 or grid_bins < 1 or view_size < 32 or width < 1
@@ -188,6 +195,7 @@ class Restorer(nn.Module):
         self.bank_head_count = int(bank_heads) if self.bank_size else 1
         self.bank_shading = bool(bank_shading) and self.bank_size > 0
         self.bank_grids = bool(bank_grids) and self.bank_size > 0
+        self.bank_casts = bool(bank_casts) and self.bank_size > 0
         if self.bank_size:
             # The filter bank: fixed inverse LUTs (as residuals from the identity) and a
             # classifier on the view's standardised colour statistics → "which filter, how
@@ -208,6 +216,8 @@ class Restorer(nn.Module):
             heads = [self._new_bank_head(n_feat) for _ in range(self.bank_head_count)]
             # one head keeps the single-head layout (``bank_head.N.*``) of earlier weights
             self.bank_head = heads[0] if self.bank_head_count == 1 else nn.ModuleList(heads)
+            if self.bank_casts:
+                self.bank_cast_head = self._new_cast_head(n_feat)
         self.register_buffer("_lut_identity", lut3d_identity(lut_size).unsqueeze(0), persistent=False)
         self.register_buffer(
             "_grid_identity", affine_identity_grid(grid_bins, grid_size, grid_size), persistent=False
@@ -223,6 +233,21 @@ class Restorer(nn.Module):
         with torch.no_grad():  # untrained: "no filter" with certainty → the bank adds nothing
             head[-1].bias.zero_()
             head[-1].bias[0] = 20.0
+        return head
+
+    @staticmethod
+    def _new_cast_head(n_feat: int) -> nn.Module:
+        # a head of its own, not a class of the filter classifier: it is added to trained
+        # weights without retraining (or disturbing) the classifier
+        head = nn.Sequential(
+            nn.Linear(n_feat, _CAST_HIDDEN), nn.ReLU(), nn.Dropout(0.1),
+            nn.Linear(_CAST_HIDDEN, _CAST_HIDDEN), nn.ReLU(),
+            nn.Linear(_CAST_HIDDEN, 4),  # cast logit, log gains (r, g, b)
+        )
+        nn.init.zeros_(head[-1].weight)
+        with torch.no_grad():  # untrained: "not a cast" with certainty → nothing changes
+            head[-1].bias.zero_()
+            head[-1].bias[0] = -20.0
         return head
 
     def bank_head_list(self) -> list[nn.Module]:
@@ -248,6 +273,7 @@ class Restorer(nn.Module):
             **({"bank_heads": self.bank_head_count} if self.bank_head_count > 1 else {}),
             **({"bank_shading": True} if self.bank_shading else {}),
             **({"bank_grids": True} if self.bank_grids else {}),
+            **({"bank_casts": True} if self.bank_casts else {}),
         }
 
     @staticmethod
@@ -284,7 +310,12 @@ class Restorer(nn.Module):
         lut = self._lut_identity + torch.einsum("bn,ncdhw->bcdhw", w, self.lut_basis)
         bank_w = None
         if self.bank_size:
-            bank_w = self.bank_weights(self.bank_inputs(view, pooled if stats else None))
+            feats = self.bank_inputs(view, pooled if stats else None)
+            bank_w = self.bank_weights(feats)
+            if self.bank_casts:
+                p_cast, log_gains = self.cast_weight(feats)
+                bank_w = bank_w * (1.0 - p_cast)[:, None]
+                lut = lut + p_cast[:, None, None, None, None] * self.cast_inverse_delta(log_gains)
             lut = lut + torch.einsum("bn,ncdhw->bcdhw", bank_w, self.bank_luts)
 
         gs = self.grid_size
@@ -342,11 +373,36 @@ class Restorer(nn.Module):
             weights.append(logits.softmax(dim=1)[:, 1:1 + self.bank_size] * torch.sigmoid(strength))
         return weights[0] if len(weights) == 1 else torch.stack(weights).mean(dim=0)
 
-    def calibrate_bank(self, temperature: float = 1.0, none_shift: float = 0.0) -> None:
+    def bank_cast(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``bank_inputs`` ``(B, F)`` → (P(the view is a white-balance cast) ``(B,)``, the
+        cast's predicted log gains ``(B, 3)``: encoded value × exp(gain) per channel)."""
+        out = self.bank_cast_head((feats - self.bank_mean) / self.bank_scale)
+        return torch.sigmoid(out[:, 0]), out[:, 1:4]
+
+    def cast_weight(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``bank_inputs`` ``(B, F)`` → (the cast inverse's weight ``(B,)``, log gains
+        ``(B, 3)``). The weight is P(cast) × (1 − the classifiers' top filter probability):
+        a filter the classifier is sure of keeps its inverse (1977's pink reads as a cast
+        to the cast head a quarter of the time), a photo it reads as clean or as a
+        hedge between filters gets the cast's share; the filters' weights are scaled by
+        1 − that weight."""
+        p_cast, log_gains = self.bank_cast(feats)
+        top = torch.stack([self.bank_logits(feats, h)[0].softmax(dim=1)[:, 1:1 + self.bank_size]
+                           for h in range(self.bank_head_count)]).mean(dim=0).amax(dim=1)
+        return p_cast * (1.0 - top), log_gains
+
+    def cast_inverse_delta(self, log_gains: torch.Tensor) -> torch.Tensor:
+        """Log gains ``(B, 3)`` → the cast's inverse as a residual LUT ``(B, 3, S, S, S)``:
+        each channel of the identity table scaled by exp(−gain), minus the identity."""
+        scale = torch.exp(-log_gains) - 1.0
+        return self._lut_identity * scale[:, :, None, None, None]
+
+    def calibrate_bank(self, temperature: float = 1.0, none_shift: float = 0.0, cast_shift: float = 0.0) -> None:
         """Rescale what the classifiers say, in their last layer (so the weights file carries
         it): class 0's ("no filter") logit − ``none_shift`` (> 0: fewer photos read as
         clean), then the class logits ÷ ``temperature`` (< 1 commits harder to the top
-        class). Strength logits are left alone. Chosen on held-out photos
+        class); with ``bank_casts`` the cast logit + ``cast_shift`` (> 0: more views read
+        as casts). Strength logits and gains are left alone. Chosen on held-out photos
         (``benchmarks/restore_quick.py --photos holdout:F``)."""
         if not self.bank_size:
             raise ValueError("Restorer.calibrate_bank: this model has no filter bank")
@@ -359,6 +415,10 @@ class Restorer(nn.Module):
                 last.bias[0] -= none_shift
                 last.weight[:n] /= temperature
                 last.bias[:n] /= temperature
+            if cast_shift:
+                if not self.bank_casts:
+                    raise ValueError("Restorer.calibrate_bank: cast_shift needs a model with bank_casts")
+                self.bank_cast_head[-1].bias[0] += cast_shift
 
     def set_bank(self, tables: torch.Tensor, forward: torch.Tensor | None = None,
                  grids: torch.Tensor | None = None) -> None:

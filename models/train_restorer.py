@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -189,13 +190,16 @@ class PhotoLooks:
     all 40 filters, procedural grades, light perturbations (on ``perturb_prob`` of the
     looks), identity ``identity_prob`` of the time, half the looks at full strength, the
     rest blended 40–100 % — and 8-bit
-    rounding of the input, as a saved file would have. Every step sees new pairs, so the
+    rounding of the input, as a saved file would have (on ``jpeg_prob`` of the pairs a JPEG
+    round trip at quality 70–95, 4:2:0, as most catalogue photos are stored; the target
+    stays the clean crop). ``cast_prob`` of the looks are white-balance casts instead. Every step sees new pairs, so the
     model cannot memorise (photo, look) combinations; only the photos repeat.
 
     ``sample(batch, size, rng) -> (input, target)`` float ``(batch, 3, size, size)``."""
 
     def __init__(self, images: list[np.ndarray], names: list[str], *, identity_prob: float = 0.12,
-                 mosaic_prob: float = 0.25, perturb_prob: float = 1.0, cast_prob: float = 0.0):
+                 mosaic_prob: float = 0.25, perturb_prob: float = 1.0, cast_prob: float = 0.0,
+                 jpeg_prob: float = 0.0):
         from chromabeam.transforms.ops.synth import SynthConfig
 
         if not images or len(images) != len(names):
@@ -210,6 +214,9 @@ class PhotoLooks:
         if not 0.0 <= cast_prob <= 1.0:
             raise ValueError(f"PhotoLooks: cast_prob must be in [0, 1], got {cast_prob}")
         self.cast_prob = float(cast_prob)
+        if not 0.0 <= jpeg_prob <= 1.0:
+            raise ValueError(f"PhotoLooks: jpeg_prob must be in [0, 1], got {jpeg_prob}")
+        self.jpeg_prob = float(jpeg_prob)
 
     @classmethod
     def from_photos(cls, cache: str, *, max_side: int = 768, limit: int | None = None, holdout: float = 0.0,
@@ -266,6 +273,8 @@ class PhotoLooks:
             else:
                 x = apply_transform(y, spec)
             x = x.clamp(0, 1).mul(255).round().div(255)
+            if self.jpeg_prob and rng.random() < self.jpeg_prob:
+                x = jpeg_round_trip(x, int(rng.integers(*_JPEG_QUALITY)))
             xs.append(x)
             ys.append(y)
             specs.append(spec)
@@ -273,6 +282,18 @@ class PhotoLooks:
 
     def sources(self) -> list[str]:
         return list(self.names)
+
+
+# Qualities of the JPEG round trips (``jpeg_prob``): what catalogue photos are saved at.
+_JPEG_QUALITY = (70, 96)
+
+
+def jpeg_round_trip(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """``(1, 3, H, W)`` in [0, 1] (8-bit values) → the image after a JPEG encode/decode at
+    ``quality`` with 4:2:0 chroma, as photos arrive in practice."""
+    buf = io.BytesIO()
+    Image.fromarray(_u8(x[0]).permute(1, 2, 0).numpy()).save(buf, "JPEG", quality=quality, subsampling=2)
+    return _float(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
 
 
 # White-balance casts: per-channel gains on the encoded values, log-uniform (R ±0.3, G
@@ -482,6 +503,79 @@ def train_bank(model: Restorer, feats: torch.Tensor, labels: torch.Tensor, stren
             "holdout_accuracy": round(accuracy(hold), 4)}
 
 
+def cast_dataset(model: Restorer, looks: "PhotoLooks", samples: int, crop: int,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``samples`` fresh looks on TRAIN crops (``looks.cast_prob`` of them white-balance
+    casts, the rest what ``PhotoLooks`` makes: clean, filters, grades) → (``model.bank_inputs``
+    ``(N, F)``, is a cast ``(N,)`` float, the cast's log gains ``(N, 3)``, 0 for the rest)."""
+    if not looks.cast_prob:
+        raise ValueError("cast_dataset: the looks make no casts (cast_prob is 0)")
+    feats, is_cast, gains = [], [], []
+    while len(is_cast) < samples:
+        x, _, specs = looks.sample_with_specs(min(64, samples - len(is_cast)), crop, rng)
+        with torch.no_grad():
+            feats.append(model.bank_inputs(model.view(x)))
+        for sp in specs:
+            cast = sp["family"] == "cast"
+            is_cast.append(float(cast))
+            gains.append([math.log(g) for g in sp["gains"]] if cast else [0.0, 0.0, 0.0])
+    return torch.cat(feats), torch.tensor(is_cast), torch.tensor(gains, dtype=torch.float32)
+
+
+def train_cast_head(model: Restorer, feats: torch.Tensor, is_cast: torch.Tensor, log_gains: torch.Tensor, *,
+                    epochs: int = 30, lr: float = 1e-3, seed: int = 0, holdout: float = 0.1,
+                    log_fn: Callable[[str], None] | None = None) -> dict:
+    """Fit ``model.bank_cast_head`` on ``cast_dataset`` output: binary cross-entropy on
+    "cast" + 10 · MSE of the log gains of the casts. The features are standardised with
+    the bank's own ``bank_mean``/``bank_scale`` (set when its classifier was trained; left
+    as they are, so the classifier is unchanged). The last ``holdout`` of the samples is
+    scored: accuracy at P 0.5, P(cast) on casts and on the rest, mean |log-gain error| on
+    casts."""
+    import torch.nn.functional as F
+
+    if not model.bank_casts:
+        raise ValueError("train_cast_head: the model has no cast head (bank_casts)")
+    g = torch.Generator().manual_seed(seed)
+    n_hold = int(len(is_cast) * holdout)
+    order = torch.randperm(len(is_cast), generator=g)
+    hold, fit = order[:n_hold], order[n_hold:]
+    head = model.bank_cast_head
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-3)
+
+    def loss_of(idx):
+        p_logit_gain = head((feats[idx] - model.bank_mean) / model.bank_scale)
+        loss = F.binary_cross_entropy_with_logits(p_logit_gain[:, 0], is_cast[idx])
+        cast = is_cast[idx] > 0
+        if cast.any():
+            loss = loss + 10.0 * F.mse_loss(p_logit_gain[cast, 1:4], log_gains[idx][cast])
+        return loss
+
+    head.train()
+    for epoch in range(epochs):
+        perm = fit[torch.randperm(len(fit), generator=g)]
+        total = 0.0
+        for i in range(0, len(perm), 256):
+            loss = loss_of(perm[i:i + 256])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * min(256, len(perm) - i)
+        if log_fn and (epoch + 1) % 5 == 0:
+            log_fn(f"cast head epoch {epoch + 1}/{epochs}: loss {total / len(fit):.4f}")
+    head.eval()
+    with torch.no_grad():
+        p, pred = model.bank_cast(feats[hold])
+    cast = is_cast[hold] > 0
+    report = {"samples": int(len(is_cast)), "casts": int(is_cast.sum()), "epochs": epochs,
+              "holdout_accuracy": round(float(((p > 0.5).float() == is_cast[hold]).float().mean()), 4),
+              "holdout_p_cast_on_casts": round(float(p[cast].mean()), 4),
+              "holdout_p_cast_on_others": round(float(p[~cast].mean()), 4),
+              "holdout_log_gain_mae": round(float((pred[cast] - log_gains[hold][cast]).abs().mean()), 4)}
+    if log_fn:
+        log_fn(f"cast head: {report}")
+    return report
+
+
 def _downscale(x: torch.Tensor, size: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(x, size=(size, size), mode="area")
 
@@ -515,7 +609,7 @@ def _apply_freeze(model: Restorer, freeze: str, bank_lr_scale: float = 0.0) -> N
     else:
         frozen = []
     if model.bank_size and not bank_lr_scale:  # the bank is trained apart (train_bank); the image loss leaves it
-        frozen.append(model.bank_head)
+        frozen += _bank_heads(model)
     for m in frozen:
         m.requires_grad_(False)
     model._frozen_modules = frozen
@@ -534,11 +628,19 @@ def _lr(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * warm * (cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def _bank_heads(model: Restorer) -> list[torch.nn.Module]:
+    """The bank's trained-apart heads: the classifier(s), and the cast head if any."""
+    if not model.bank_size:
+        return []
+    return [model.bank_head] + ([model.bank_cast_head] if model.bank_casts else [])
+
+
 def _optimizer(model: Restorer, cfg: TrainConfig) -> torch.optim.Optimizer:
-    bank = {id(p) for p in model.bank_head.parameters()} if model.bank_size else set()
+    bank_params = [p for m in _bank_heads(model) for p in m.parameters()]
+    bank = {id(p) for p in bank_params}
     groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in bank], "lr_scale": 1.0}]
     if cfg.bank_lr_scale and bank:
-        groups.append({"params": list(model.bank_head.parameters()), "lr_scale": cfg.bank_lr_scale})
+        groups.append({"params": bank_params, "lr_scale": cfg.bank_lr_scale})
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -752,6 +854,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="photos:CACHE only: share of looks that get light Harmonizer perturbations")
     g.add_argument("--cast-prob", type=float, default=0.0,
                    help="photos:CACHE only: share of looks replaced by a white-balance cast (per-channel gains)")
+    g.add_argument("--jpeg-prob", type=float, default=0.0,
+                   help="photos:CACHE only: share of inputs round-tripped through a JPEG (quality 70-95, 4:2:0)")
     g.add_argument("--init", metavar="WEIGHTS", default=None,
                    help="start from these restorer weights (fine-tuning; ignored when resuming a checkpoint)")
     g.add_argument("--filter-bank", type=int, default=0, metavar="PHOTOS",
@@ -812,7 +916,7 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
     consistency = args.bank_consistency
     config = {k: v for k, v in base.config.items()
               if k not in ("model", "bank", "bank_consistency", "bank_other", "bank_heads", "bank_shading",
-                           "bank_grids")}
+                           "bank_grids", "bank_casts")}
     keep_tables = init is not None and init.bank_size == len(filters) and not consistency
     # the init's bank grids go with its tables: kept together or not at all
     grids = keep_tables and init.bank_grids
@@ -876,11 +980,12 @@ def train_command(args: argparse.Namespace) -> int:
         pairs = PhotoLooks.from_photos(args.pairs[len(PHOTOS_PREFIX):] or DEFAULT_PHOTO_CACHE, max_side=cfg.max_side,
                                        holdout=args.holdout_photos,
                                        identity_prob=args.identity_prob, perturb_prob=args.perturb_prob,
-                                       cast_prob=args.cast_prob)
+                                       cast_prob=args.cast_prob, jpeg_prob=args.jpeg_prob)
         sources = pairs.sources()
         pair_info = {"url": storage.redact(args.pairs), "made_on_the_fly": True,
                      "synth_config": dataclasses.asdict(pairs.config), "mosaic_prob": pairs.mosaic_prob,
-                     "perturb_prob": pairs.perturb_prob, "cast_prob": pairs.cast_prob}
+                     "perturb_prob": pairs.perturb_prob, "cast_prob": pairs.cast_prob,
+                     **({"jpeg_prob": pairs.jpeg_prob} if pairs.jpeg_prob else {})}
     else:
         if args.holdout_photos:
             raise ValueError("--holdout-photos needs PAIRS = photos:CACHE (it holds out catalogue photos)")

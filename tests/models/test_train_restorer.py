@@ -347,3 +347,30 @@ def test_white_balance_casts_join_the_looks_and_are_not_bank_filters():
     assert labels.tolist() == [0] * 8
     with pytest.raises(ValueError, match="cast_prob"):
         PhotoLooks([img], ["coffee"], cast_prob=1.5)
+
+
+def test_jpeg_round_trips_join_the_inputs_and_leave_the_targets_clean():
+    """``jpeg_prob``: that share of the inputs goes through a JPEG (quality 70–95, 4:2:0)
+    after the look; the target is the clean crop either way."""
+    import io
+
+    from chromabeam.models.train_restorer import jpeg_round_trip
+
+    img = _photo("astronaut", 96, 128)
+    plain = PhotoLooks([img], ["astronaut"], identity_prob=1.0, mosaic_prob=0.0)
+    jpeg = PhotoLooks([img], ["astronaut"], identity_prob=1.0, mosaic_prob=0.0, jpeg_prob=1.0)
+    x0, y0 = plain.sample(3, 64, np.random.default_rng(5))
+    x1, y1 = jpeg.sample(3, 64, np.random.default_rng(5))
+    torch.testing.assert_close(x0, y0, rtol=0, atol=0)  # identity looks without a JPEG: the input is the target
+    for i in range(3):  # with: the input is the clean target's JPEG at one of the qualities
+        err = (x1[i] - y1[i]).abs()
+        assert 0 < float(err.mean()) < 0.03, float(err.mean())
+        assert any(torch.equal(jpeg_round_trip(y1[i:i + 1], q)[0], x1[i]) for q in range(70, 96))
+    # the round trip is PIL's JPEG at that quality with 4:2:0 chroma
+    buf = io.BytesIO()
+    Image.fromarray((y0[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+        buf, "JPEG", quality=80, subsampling=2)
+    want = torch.from_numpy(np.asarray(Image.open(buf).convert("RGB")).copy()).permute(2, 0, 1).float() / 255
+    torch.testing.assert_close(jpeg_round_trip(y0[:1], 80)[0], want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="jpeg_prob"):
+        PhotoLooks([img], ["astronaut"], jpeg_prob=-0.1)

@@ -1,0 +1,96 @@
+"""Give a trained restorer's filter bank a white-balance cast head: whether the photo is a
+cast (per-channel gains) and which gains, so a cast is taken off instead of being read as
+the warm or cool filter it resembles.
+
+    python -m chromabeam.models.bank_casts WEIGHTS OUT [--samples 30000] [--cast-prob 0.3]
+        [--cast-shift S --chosen-on "…"] [--cache DIR]
+
+A cast is the commonest "grade" a catalogue holds and no filter inverse undoes it: before
+this head the bank's classifier put about half its weight on warm filters' inverses for a
+warm photo (docs/restorer.md). ``train_restorer.train_cast_head`` fits the head on
+``--samples`` fresh looks of TRAIN photos, ``--cast-prob`` of them casts (log-uniform
+gains, ``train_restorer.sample_cast``), the rest what the restorer trains on (clean
+photos, filters, grades); the head uses the bank's own feature standardisation and the
+classifier, grids and heads are kept bit for bit. ``--cast-shift`` adds S to the cast
+logit (chosen on photos the model never saw). Saved through the registry under its new
+content name, with the original card plus a ``bank_casts`` entry.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+import numpy as np
+
+from chromabeam.models.registry import build_model, derived_card, save_weights
+from chromabeam.models.restorer import Restorer
+from chromabeam.models.train_restorer import PhotoLooks, cast_dataset, train_cast_head
+from chromabeam.transforms import storage
+
+log = logging.getLogger("chromabeam.bank_casts")
+
+
+def add_cast_head(weights: str, out: str, looks: PhotoLooks, *, samples: int = 30000, crop: int = 128,
+                  epochs: int = 30, seed: int = 0, cast_shift: float = 0.0, chosen_on: str | None = None) -> str:
+    """``weights`` with a cast head trained on ``samples`` looks of ``looks`` (whose
+    ``cast_prob`` sets the share of casts), saved under ``out``; returns its URL."""
+    base = build_model(weights, "cpu")
+    if base.weights_config.get("model") != "restorer" or not getattr(base, "bank_size", 0):
+        raise ValueError(f"bank_casts: {storage.redact(weights)} is not a restorer with a filter bank")
+    if base.bank_casts:
+        raise ValueError(f"bank_casts: {storage.redact(weights)} already has a cast head "
+                         f"({base.weights_card.get('bank_casts')}); train it on the weights it came from")
+    if cast_shift and not chosen_on:
+        raise ValueError("bank_casts: say how --cast-shift was chosen (--chosen-on)")
+    card, applied_to = derived_card(base, weights)
+    config = {k: v for k, v in base.weights_config.items() if k != "model"}
+    model = Restorer(**config, bank_casts=True, pretrained=False).eval()
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("bank_cast_head.") for k in missing):
+        raise ValueError(f"bank_casts: cannot extend this model (missing {missing}, unexpected {unexpected})")
+    model.chunk_pixels = base.chunk_pixels
+    t = time.time()
+    feats, is_cast, gains = cast_dataset(model, looks, samples, crop, np.random.default_rng(seed + 7))
+    log.info("bank_casts: %d labelled looks (%d casts) in %.0f s", len(is_cast), int(is_cast.sum()), time.time() - t)
+    report = train_cast_head(model, feats, is_cast, gains, epochs=epochs, seed=seed, log_fn=log.info)
+    if cast_shift:
+        model.calibrate_bank(cast_shift=cast_shift)
+    card["bank_casts"] = {"training_looks": {"samples": samples, "crop": crop, "cast_prob": looks.cast_prob,
+                                             "jpeg_prob": looks.jpeg_prob,
+                                             "photos": "the TRAIN photos of training_data"},
+                          "head": report, "seed": seed, "seconds": round(time.time() - t, 1),
+                          **({"cast_shift": cast_shift, "chosen_on": chosen_on} if cast_shift else {}),
+                          "applied_to": applied_to}
+    return save_weights(model, model.config, out, card)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m chromabeam.models.bank_casts", description=__doc__.split("\n\n")[0])
+    ap.add_argument("weights")
+    ap.add_argument("out")
+    ap.add_argument("--samples", type=int, default=30000, help="labelled looks the head is trained on")
+    ap.add_argument("--cast-prob", type=float, default=0.3, help="share of those looks that are casts")
+    ap.add_argument("--jpeg-prob", type=float, default=0.0, help="share of looks round-tripped through a JPEG")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--cast-shift", type=float, default=0.0, help="added to the cast logit (calibration)")
+    ap.add_argument("--chosen-on", default=None, help="how --cast-shift was chosen (goes to the card)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", default="/tmp/photo-cache", help="where the catalogue's Debian packages are unpacked")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    looks = PhotoLooks.from_photos(args.cache, identity_prob=0.25, perturb_prob=0.3, cast_prob=args.cast_prob,
+                                   jpeg_prob=args.jpeg_prob)
+    print(add_cast_head(args.weights, args.out, looks, samples=args.samples, epochs=args.epochs, seed=args.seed,
+                        cast_shift=args.cast_shift, chosen_on=args.chosen_on))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
