@@ -19,8 +19,10 @@ photos) of
 Then "unseen grades": procedural grades (transforms/ops/grades.py ``sample_grade``, 30 %
 with a vignette) drawn from ``numpy.random.default_rng(900000 + i)`` — seeds the
 training pairs never used (synth-pairs derives its draws from (seed, key, pair index)),
-applied to the EVAL photos; the oracle is fitted per grade on the TRAIN photos. And
-"identity": clean photos in, the PSNR of what comes out.
+applied to the EVAL photos; the oracle is fitted per grade on the TRAIN photos. Then
+"white-balance casts": three per-channel gains (``CASTS``: warm, cool, mildly warm) on
+each EVAL photo, the oracle fitted per cast likewise. And "identity": clean photos in, the
+PSNR of what comes out.
 """
 from __future__ import annotations
 
@@ -47,6 +49,9 @@ LUT_SIZE = 33
 # wallpaper ones): enough pixels for a 33³ LUT, and a fixed set, so runs compare.
 ORACLE_FIT_PHOTOS = 26
 GRADE_SEED = 900_000
+# white-balance casts (R, G, B gains on the encoded values): the commonest "grade" of all
+# — warm, cool, mildly warm
+CASTS = ((1.2, 1.0, 0.7), (0.8, 1.0, 1.2), (1.1, 1.0, 0.85))
 METRICS = ("psnr", "ssim", "delta_e2000")
 BEGIN, END = "<!-- restore-quality:begin -->", "<!-- restore-quality:end -->"
 
@@ -119,6 +124,13 @@ def run(weights: str | None, size: int, grades_per_photo: int, fit_side: int, lo
         log(f"grades on {name}: done [{time.time() - t0:.0f} s]")
     results["grades"] = {k: _mean_metrics([r[k] for r in grade_rows]) for k in ("nothing", "oracle_lut", "model")}
     results["grades"]["count"] = len(grade_rows)
+    cast_rows = []
+    for gains in CASTS:
+        gain = torch.tensor(gains).view(1, 3, 1, 1)
+        cast_rows += evaluate(f"cast{gains}", lambda t, g=gain: t * g, eval_imgs)
+    results["casts"] = {k: _mean_metrics([r[k] for r in cast_rows]) for k in ("nothing", "oracle_lut", "model")}
+    results["casts"]["count"] = len(cast_rows)
+    log(f"casts: nothing {results['casts']['nothing']['psnr']:.2f}  model {results['casts']['model']['psnr']:.2f} dB")
     ident = [_metrics(restore(clean), clean) for _, clean in eval_imgs]
     results["identity"] = {"model": _mean_metrics(ident), "min_psnr": float(min(r["psnr"] for r in ident))}
     results["iffi_overall"] = {
@@ -146,6 +158,8 @@ def table(results: dict) -> str:
         row(f, r)
     row("**IFFI overall (mean of 16)**", results["iffi_overall"])
     row(f"**unseen grades** ({results['grades']['count']})", results["grades"])
+    if "casts" in results:
+        row(f"**white-balance casts** ({results['casts']['count']})", results["casts"])
     ident = results["identity"]
     lines.append(f"| **identity** (clean in) | ∞ | – | {cell(ident['model'])} (min PSNR {ident['min_psnr']:.2f}) | – |")
     return "\n".join(lines)
@@ -171,7 +185,8 @@ def update_card(weights_path: str, results: dict, text: str, command: str) -> No
         card = json.load(fh)
     if card.get("sha256") != results["sha256"]:
         raise ValueError(f"{stem}.json describes sha256 {card.get('sha256')}, the benchmark ran {results['sha256']}")
-    summary = {k: results[k] for k in ("iffi_overall", "grades", "identity", "size", "eval_photos")}
+    summary = {k: results[k] for k in ("iffi_overall", "grades", "casts", "identity", "size", "eval_photos")
+               if k in results}
     summary["per_filter"] = {f: {k: round(v["psnr"], 2) for k, v in r.items()} for f, r in results["filters"].items()}
     card["benchmark"] = {"command": command, **summary}
     with open(stem + ".json", "w", encoding="utf-8") as fh:

@@ -34,7 +34,7 @@ from chromabeam.models.train_restorer import apply_cast, jpeg_round_trip
 from chromabeam.transforms.ops.filters import IFFI_FILTERS, apply_filter
 from chromabeam.transforms.ops.grades import apply_grade, sample_grade
 from chromabeam.transforms.ops.metrics import psnr
-from restore_quality import GRADE_SEED, _q8, _tensor  # the full benchmark's seeds and conversions (same folder)
+from restore_quality import CASTS, GRADE_SEED, _q8, _tensor  # the full benchmark's seeds and conversions (same folder)
 
 
 def load(path: str) -> tuple[Restorer, str]:
@@ -54,8 +54,6 @@ def load(path: str) -> tuple[Restorer, str]:
     return model.eval(), os.path.basename(path)
 
 
-# white-balance casts (R, G, B gains): the commonest "grade" of all, and a linear map
-CASTS = ((1.2, 1.0, 0.7), (0.8, 1.0, 1.2), (1.1, 1.0, 0.85))
 
 
 def main(argv: list[str] | None = None) -> int:

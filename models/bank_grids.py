@@ -2,6 +2,7 @@
 fitted with its LUT, so the filter's vignette or gradient is undone too.
 
     python -m chromabeam.models.bank_grids WEIGHTS OUT [--photos 64] [--steps 200] [--cache DIR]
+    python -m chromabeam.models.bank_grids WEIGHTS OUT --copy-from SOURCE
 
 A bank LUT is blind to position: for a filter with a radial or linear gradient layer
 (toaster, sutro, hefe, lofi, xpro2, hudson, mayfair, perpetua …) it can only undo the
@@ -11,7 +12,9 @@ catalogue (never the EVAL photos) and keeps it where it beats the LUT alone on t
 it held out; the model is rebuilt with ``bank_grids`` and everything else — classifier,
 heads, learnt basis — is kept. Saved through the registry under its new content name,
 with the original card plus a ``bank_grids`` entry (photos, steps, the weights it was
-applied to).
+applied to). ``--copy-from`` gives WEIGHTS the grids that SOURCE's fit made for a model
+with the same bank (e.g. a retrained classifier that kept its init's tables) without
+refitting them.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 from chromabeam.models.registry import build_model, derived_card, save_weights
 from chromabeam.models.restorer import Restorer
@@ -61,6 +65,43 @@ def add_bank_grids(weights: str, out: str, images: list[np.ndarray], names: list
     return save_weights(model, model.config, out, card)
 
 
+def copy_bank_grids(weights: str, source: str, out: str) -> str:
+    """``weights`` with the bank grids (and the tables refitted with them) of ``source``,
+    weights that ``add_bank_grids`` made from a model with the same bank: the filters whose
+    LUT the fit kept ("none", "grid") must hold the same tables in both, or the grids were
+    fitted for another bank. Nothing is refitted; saved under ``out``; returns its URL."""
+    base, src = build_model(weights, "cpu"), build_model(source, "cpu")
+    for name, m in ((weights, base), (source, src)):
+        if m.weights_config.get("model") != "restorer" or not getattr(m, "bank_size", 0):
+            raise ValueError(f"bank_grids: {storage.redact(name)} is not a restorer with a filter bank")
+    if base.bank_grids:
+        raise ValueError(f"bank_grids: {storage.redact(weights)} already has bank grids")
+    fitted = src.weights_card.get("bank_grids") or {}
+    if not src.bank_grids or "per_filter" not in fitted:
+        raise ValueError(f"bank_grids: {storage.redact(source)} has no fitted bank grids to copy")
+    if src.bank_luts.shape != base.bank_luts.shape or src.bank_grid_deltas.shape[1:] != (
+            12, base.grid_bins, base.grid_size, base.grid_size):
+        raise ValueError("bank_grids: the two models' banks or grids differ in shape")
+    kept = [k for k, r in enumerate(fitted["per_filter"]) if r["choice"] != "grid+lut"]
+    if not kept:
+        raise ValueError(f"bank_grids: every table of {storage.redact(source)} was refitted: nothing shows "
+                         "that its grids were fitted for this bank")
+    for k in kept:
+        if not torch.equal(src.bank_luts[k], base.bank_luts[k]):
+            raise ValueError(f"bank_grids: {storage.redact(source)}'s grids were fitted on another bank "
+                             f"({fitted['per_filter'][k]['filter']}'s table differs)")
+    card, applied_to = derived_card(base, weights)
+    config = {k: v for k, v in base.weights_config.items() if k != "model"}
+    model = Restorer(**config, bank_grids=True, pretrained=False).eval()
+    model.load_state_dict(base.state_dict(), strict=False)
+    model.chunk_pixels = base.chunk_pixels
+    model.set_bank(src.bank_luts + src._lut_identity, grids=src.bank_grid_deltas + src._grid_identity)
+    card["bank_grids"] = {**fitted, "fitted_for": fitted.get("applied_to"),
+                          "copied_from": f"{storage.basename(source)} (sha256 {src.weights_sha256})",
+                          "applied_to": applied_to}
+    return save_weights(model, model.config, out, card)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m chromabeam.models.bank_grids", description=__doc__.split("\n\n")[0])
     ap.add_argument("weights")
@@ -70,11 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default="/tmp/photo-cache", help="where the catalogue's Debian packages are unpacked")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--copy-from", metavar="SOURCE", default=None,
+                    help="copy the grids (and refitted tables) SOURCE's fit made for the same bank; fit nothing")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.copy_from:
+        print(copy_bank_grids(args.weights, args.copy_from, args.out))
+        return 0
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     looks = PhotoLooks.from_photos(args.cache)
     chosen = spread(args.photos, len(looks))

@@ -16,7 +16,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from chromabeam.models.bank_grids import add_bank_grids
+from chromabeam.models.bank_grids import add_bank_grids, copy_bank_grids
 from chromabeam.models.registry import build_model, save_weights
 from chromabeam.models.restorer import Restorer
 from chromabeam.models.train_restorer import fit_bank_grids, inverse_filter_tables, spread
@@ -123,6 +123,39 @@ def test_bank_grids_command_extends_trained_weights(tmp_path):
     plain_url = save_weights(plain, plain.config, str(tmp_path / "plain"), {"task": "test"})
     with pytest.raises(ValueError, match="filter bank"):
         add_bank_grids(plain_url, str(tmp_path / "x"), images, ["a", "b", "c"])
+
+
+def test_grids_fitted_for_one_bank_are_copied_to_another_model_with_that_bank(tmp_path):
+    torch.manual_seed(6)
+    images = [_photo(n, 96, 72) for n in FIT[:3]]
+    tables = inverse_filter_tables(images, ["sutro", "1977"], 9, side=64)
+    urls = []
+    for seed, strength in ((0, 2.0), (1, -1.0)):  # two models, one bank, different classifiers
+        torch.manual_seed(seed)
+        m = Restorer(**SMALL, bank=2, pretrained=False).eval()
+        m.set_bank(tables)
+        _force(m, seed, strength)
+        urls.append(save_weights(m, m.config, str(tmp_path / f"m{seed}"),
+                                 {"task": "test", "steps": seed, "filter_bank": {"filters": ["sutro", "1977"]}}))
+    fitted = add_bank_grids(urls[0], str(tmp_path / "fitted"), images, ["a", "b", "c"], steps=20)
+    out = copy_bank_grids(urls[1], fitted, str(tmp_path / "copied"))
+    copied, source, target = build_model(out), build_model(fitted), build_model(urls[1])
+    for k, v in copied.state_dict().items():  # the bank from the fit, the rest from the target
+        want = (source if k.startswith(("bank_grid_deltas", "bank_luts")) else target).state_dict()[k]
+        torch.testing.assert_close(v, want, rtol=0, atol=0)
+    card = copied.weights_card["bank_grids"]
+    assert card["per_filter"] == source.weights_card["bank_grids"]["per_filter"] and card["fit_photos"] == ["a", "b", "c"]
+    assert source.weights_sha256 in card["copied_from"] and target.weights_sha256 in card["applied_to"]
+    assert build_model(urls[0]).weights_sha256 in card["fitted_for"]
+    other = Restorer(**SMALL, bank=2, pretrained=False).eval()  # another bank: refused
+    other.set_bank(torch.rand(2, 3, 9, 9, 9))
+    other_url = save_weights(other, other.config, str(tmp_path / "other"), {"task": "test"})
+    with pytest.raises(ValueError, match="another bank"):
+        copy_bank_grids(other_url, fitted, str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="no fitted bank grids"):
+        copy_bank_grids(urls[1], urls[0], str(tmp_path / "y"))
+    with pytest.raises(ValueError, match="already has bank grids"):
+        copy_bank_grids(fitted, fitted, str(tmp_path / "z"))
 
 
 def test_spread_covers_the_catalogue():
