@@ -23,6 +23,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 from chromabeam.models.registry import build_model, derived_card, save_weights
 from chromabeam.models.restorer import Restorer
@@ -46,6 +47,7 @@ def add_cast_head(weights: str, out: str, looks: PhotoLooks, *, samples: int = 3
         raise ValueError("bank_casts: say how --cast-shift was chosen (--chosen-on)")
     card, applied_to = derived_card(base, weights)
     config = {k: v for k, v in base.weights_config.items() if k != "model"}
+    torch.manual_seed(seed)  # the new head's initial weights: the same command makes the same file
     model = Restorer(**config, bank_casts=True, pretrained=False).eval()
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     if unexpected or any(not k.startswith("bank_cast_head.") for k in missing):
@@ -82,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     looks = PhotoLooks.from_photos(args.cache, identity_prob=0.25, perturb_prob=0.3, cast_prob=args.cast_prob,
                                    jpeg_prob=args.jpeg_prob)

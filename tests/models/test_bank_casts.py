@@ -167,6 +167,10 @@ def test_bank_casts_command_extends_trained_weights(tmp_path, cast_looks):
                         cast_shift=0.5, chosen_on="a test")
     extended = build_model(out)
     assert extended.bank_casts and extended.weights_config["bank_casts"] is True
+    again = add_cast_head(url, str(tmp_path / "out2"), cast_looks, samples=200, crop=64, epochs=2,
+                          cast_shift=0.5, chosen_on="a test")
+    for k, v in build_model(again).state_dict().items():  # the same command makes the same weights
+        torch.testing.assert_close(v, extended.state_dict()[k], rtol=0, atol=0)
     before = build_model(url).state_dict()
     for k, v in extended.state_dict().items():  # the classifier, bank and heads are kept
         if not k.startswith("bank_cast_head."):
