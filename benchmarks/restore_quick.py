@@ -54,8 +54,6 @@ def load(path: str) -> tuple[Restorer, str]:
     return model.eval(), os.path.basename(path)
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("weights")

@@ -189,11 +189,11 @@ class PhotoLooks:
     own), a random flip, then a fresh removal-mode look from the transform library —
     all 40 filters, procedural grades, light perturbations (on ``perturb_prob`` of the
     looks), identity ``identity_prob`` of the time, half the looks at full strength, the
-    rest blended 40–100 % — and 8-bit
-    rounding of the input, as a saved file would have (on ``jpeg_prob`` of the pairs a JPEG
-    round trip at quality 70–95, 4:2:0, as most catalogue photos are stored; the target
-    stays the clean crop). ``cast_prob`` of the looks are white-balance casts instead. Every step sees new pairs, so the
-    model cannot memorise (photo, look) combinations; only the photos repeat.
+    rest blended 40–100 % — and 8-bit rounding of the input, as a saved file would have (on
+    ``jpeg_prob`` of the pairs a JPEG round trip at quality 70–95, 4:2:0, as most catalogue
+    photos are stored; the target stays the clean crop). ``cast_prob`` of the looks are
+    white-balance casts instead. Every step sees new pairs, so the model cannot memorise
+    (photo, look) combinations; only the photos repeat.
 
     ``sample(batch, size, rng) -> (input, target)`` float ``(batch, 3, size, size)``."""
 
