@@ -38,6 +38,7 @@ import torch
 
 from chromabeam.models import photos
 from chromabeam.models.registry import build_model
+from chromabeam.models.train_restorer import apply_cast
 from chromabeam.transforms.ops.dncm import lut3d_apply
 from chromabeam.transforms.ops.filters import IFFI_FILTERS, apply_filter
 from chromabeam.transforms.ops.grades import apply_grade, sample_grade
@@ -126,8 +127,7 @@ def run(weights: str | None, size: int, grades_per_photo: int, fit_side: int, lo
     results["grades"]["count"] = len(grade_rows)
     cast_rows = []
     for gains in CASTS:
-        gain = torch.tensor(gains).view(1, 3, 1, 1)
-        cast_rows += evaluate(f"cast{gains}", lambda t, g=gain: t * g, eval_imgs)
+        cast_rows += evaluate(f"cast{gains}", lambda t, g=gains: apply_cast(t, {"gains": g}), eval_imgs)
     results["casts"] = {k: _mean_metrics([r[k] for r in cast_rows]) for k in ("nothing", "oracle_lut", "model")}
     results["casts"]["count"] = len(cast_rows)
     log(f"casts: nothing {results['casts']['nothing']['psnr']:.2f}  model {results['casts']['model']['psnr']:.2f} dB")

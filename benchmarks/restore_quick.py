@@ -6,14 +6,16 @@ checkpoints; ``benchmarks/restore_quality.py`` is the benchmark.
 
     python benchmarks/restore_quick.py WEIGHTS.safetensors|CHECKPOINT_DIR [--size 512]
         [--photos eval|holdout:FRACTION|packages:NAME,…] [--bank-temperature T] [--bank-none-shift D]
-        [--bank-cast-shift S] [--jpeg QUALITY]
+        [--bank-cast-shift S] [--jpeg QUALITY] [--known-filter]
 
 A CHECKPOINT_DIR is a ``chromabeam train restorer`` checkpoint folder (``model.safetensors``
 + ``state.json``). ``--photos holdout:F`` scores the TRAIN photos that ``chromabeam train
 restorer --holdout-photos F`` left out instead of the EVAL photos (``packages:…``: the
 TRAIN photos of those packages, e.g. ones added to the catalogue after a model was
 trained); ``--jpeg Q`` saves every input (filtered, graded or clean) as a JPEG of quality Q
-and decodes it before the model sees it, as photos arrive in practice. Settings such as the
+and decodes it before the model sees it, as photos arrive in practice; ``--known-filter``
+also scores the IFFI looks with the model told the filter (``Restorer.predict(known_bank=…)``).
+Settings such as the
 bank's calibration (``--bank-temperature``/``--bank-none-shift``/``--bank-cast-shift``, applied with
 ``Restorer.calibrate_bank`` before scoring) are chosen there, never on EVAL.
 """
@@ -30,7 +32,7 @@ import torch
 
 from chromabeam.models import photos
 from chromabeam.models.restorer import Restorer
-from chromabeam.models.train_restorer import apply_cast, jpeg_round_trip
+from chromabeam.models.train_restorer import apply_cast, bank_filter_names, jpeg_round_trip
 from chromabeam.transforms.ops.filters import IFFI_FILTERS, apply_filter
 from chromabeam.transforms.ops.grades import apply_grade, sample_grade
 from chromabeam.transforms.ops.metrics import psnr
@@ -66,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bank-cast-shift", type=float, default=0.0, help="added to the cast head's logit (bank_casts)")
     ap.add_argument("--jpeg", type=int, default=0, metavar="QUALITY",
                     help="round-trip every input through a JPEG of this quality (4:2:0) before restoring")
+    ap.add_argument("--known-filter", action="store_true",
+                    help="also score the IFFI looks with the model told the filter (its bank entry at weight 1, "
+                         "no cast): how much of blind removal is recognition")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model, label = load(args.weights)
@@ -93,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--jpeg must be a quality in [1, 100], got {args.jpeg}")
         label += f" (JPEG q{args.jpeg} inputs)"
 
-    def score(look):
+    def score(look, known=None):
         nothing, restored = [], []
         for clean in evals:
             x = jpeg_round_trip(_q8(look(clean)), args.jpeg) if args.jpeg else _q8(look(clean))
             with torch.inference_mode():
-                y = _q8(model(x))
+                y = _q8(model(x) if known is None else model.apply(x, *model.predict(x, known_bank=known)))
             nothing.append(float(psnr(x, clean)[0]))
             restored.append(float(psnr(y, clean)[0]))
         return float(np.mean(nothing)), float(np.mean(restored))
@@ -116,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
           + f"  [{time.time() - t:.0f} s]")
     print("per filter (model − nothing, dB):", " ".join(f"{f}:{b - a:+.1f}" for f, (a, b) in zip(IFFI_FILTERS, filters)))
     print("per cast (model − nothing, dB):", " ".join(f"{g}:{b - a:+.1f}" for g, (a, b) in zip(CASTS, casts)))
+    if args.known_filter:
+        if not getattr(model, "bank_size", 0):
+            ap.error("--known-filter needs a model with a filter bank")
+        bank = bank_filter_names(model)
+        known = [score(lambda c, f=f: apply_filter(c, f, 1.0), torch.eye(len(bank))[bank.index(f)][None])
+                 for f in IFFI_FILTERS]
+        print(f"IFFI with the filter known: model {np.mean([b for _, b in known]):.2f}; per filter (blind → known, dB):",
+              " ".join(f"{f}:{b:.1f}→{k:.1f}" for f, (_, b), (_, k) in zip(IFFI_FILTERS, filters, known)))
     return 0
 
 

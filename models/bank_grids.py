@@ -28,9 +28,8 @@ import torch
 
 from chromabeam.models.registry import build_model, derived_card, save_weights
 from chromabeam.models.restorer import Restorer
-from chromabeam.models.train_restorer import PhotoLooks, fit_bank_grids, spread
+from chromabeam.models.train_restorer import PhotoLooks, bank_filter_names, fit_bank_grids, spread
 from chromabeam.transforms import storage
-from chromabeam.transforms.ops.synth import SynthConfig
 
 log = logging.getLogger("chromabeam.bank_grids")
 
@@ -46,12 +45,10 @@ def add_bank_grids(weights: str, out: str, images: list[np.ndarray], names: list
         raise ValueError(f"bank_grids: {storage.redact(weights)} already has bank grids "
                          f"({base.weights_card.get('bank_grids')}); fit them on the weights it came from")
     card, applied_to = derived_card(base, weights)
-    # a card from a run that built the bank lists its filters; one that kept an --init's bank
-    # does not, and then the bank is the trainer's own list (what --filter-bank builds)
-    filters = (card.get("filter_bank") or {}).get("filters") or list(SynthConfig(mode="removal").filters)
-    if len(filters) != base.bank_size:
-        raise ValueError(f"bank_grids: {storage.redact(weights)} has a bank of {base.bank_size} filters; "
-                         f"its card lists {len(filters)} (filter_bank.filters)")
+    try:
+        filters = bank_filter_names(base)
+    except ValueError as e:
+        raise ValueError(f"bank_grids: {storage.redact(weights)}: {e}") from None
     config = {k: v for k, v in base.weights_config.items() if k != "model"}
     model = Restorer(**config, bank_grids=True, pretrained=False).eval()
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)

@@ -104,7 +104,7 @@ class Restorer(nn.Module):
     """``Restorer(lut_size=17, lut_basis=8, grid_size=16, grid_bins=8, view_size=256,
     width=64, hist_bins=0, encoder="efficientnet", pretrained=True, bank=0,
     bank_consistency=False, bank_other=False, bank_heads=1, bank_shading=False,
-    bank_grids=False)``. With the
+    bank_grids=False, bank_casts=False)``. With the
     EfficientNet encoder, ``hist_bins > 0`` adds colour statistics of the view to the
     heads (per-channel soft histograms for the global path, each grid cell's mean colour
     for the local path); with ``encoder="stats"`` the heads see colour statistics only
@@ -300,8 +300,12 @@ class Restorer(nn.Module):
         _, _, f16, f32 = self.encoder.pyramid(view)
         return f16, f32.mean(dim=(2, 3))
 
-    def heads(self, view: torch.Tensor, f16: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """View + encoder features → LUT ``(B, 3, S, S, S)`` and grid ``(B, 12, D, G, G)``."""
+    def heads(self, view: torch.Tensor, f16: torch.Tensor, pooled: torch.Tensor, *,
+              known_bank: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """View + encoder features → LUT ``(B, 3, S, S, S)`` and grid ``(B, 12, D, G, G)``.
+        ``known_bank`` ``(B, bank)``: the bank entries' weights to use instead of what the
+        classifier recognises, and no cast — the model told the look (a diagnostic: how much
+        of blind removal is recognition)."""
         stats = self.encoder is None
         if self.hist_bins and not stats:
             pooled = torch.cat([pooled, soft_histogram(view, self.hist_bins)], dim=1)
@@ -310,12 +314,16 @@ class Restorer(nn.Module):
         lut = self._lut_identity + torch.einsum("bn,ncdhw->bcdhw", w, self.lut_basis)
         bank_w = None
         if self.bank_size:
-            feats = self.bank_inputs(view, pooled if stats else None)
-            bank_w = self.bank_weights(feats)
-            if self.bank_casts:
-                p_cast, log_gains = self.cast_weight(feats)
-                bank_w = bank_w * (1.0 - p_cast)[:, None]
-                lut = lut + p_cast[:, None, None, None, None] * self.cast_inverse_delta(log_gains)
+            if known_bank is not None:
+                bank_w = known_bank.to(lut)
+            else:
+                feats = self.bank_inputs(view, pooled if stats else None)
+                probs = self._bank_probs(feats)  # once: the filters' and the cast's weights both need them
+                bank_w = self.bank_weights(feats, probs)
+                if self.bank_casts:
+                    p_cast, log_gains = self.cast_weight(feats, probs)
+                    bank_w = bank_w * (1.0 - p_cast)[:, None]
+                    lut = lut + p_cast[:, None, None, None, None] * self.cast_inverse_delta(log_gains)
             lut = lut + torch.einsum("bn,ncdhw->bcdhw", bank_w, self.bank_luts)
 
         gs = self.grid_size
@@ -364,13 +372,19 @@ class Restorer(nn.Module):
         out = self.bank_head_list()[head]((feats - self.bank_mean) / self.bank_scale)
         return out[:, : self.bank_classes], out[:, self.bank_classes:]
 
-    def bank_weights(self, feats: torch.Tensor) -> torch.Tensor:
-        """``(B, F)`` → each bank LUT's weight ``(B, bank)``: P(filter) · predicted strength,
-        averaged over the classifiers."""
-        weights = []
+    def _bank_probs(self, feats: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(B, F)`` → per classifier (P(filter) ``(B, bank)``, predicted strength ``(B, bank)``)."""
+        out = []
         for h in range(self.bank_head_count):
             logits, strength = self.bank_logits(feats, h)
-            weights.append(logits.softmax(dim=1)[:, 1:1 + self.bank_size] * torch.sigmoid(strength))
+            out.append((logits.softmax(dim=1)[:, 1:1 + self.bank_size], torch.sigmoid(strength)))
+        return out
+
+    def bank_weights(self, feats: torch.Tensor,
+                     probs: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """``(B, F)`` → each bank LUT's weight ``(B, bank)``: P(filter) · predicted strength,
+        averaged over the classifiers (``probs``: ``_bank_probs(feats)`` when already computed)."""
+        weights = [p * s for p, s in (probs or self._bank_probs(feats))]
         return weights[0] if len(weights) == 1 else torch.stack(weights).mean(dim=0)
 
     def bank_cast(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -379,16 +393,16 @@ class Restorer(nn.Module):
         out = self.bank_cast_head((feats - self.bank_mean) / self.bank_scale)
         return torch.sigmoid(out[:, 0]), out[:, 1:4]
 
-    def cast_weight(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cast_weight(self, feats: torch.Tensor,
+                    probs: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``bank_inputs`` ``(B, F)`` → (the cast inverse's weight ``(B,)``, log gains
         ``(B, 3)``). The weight is P(cast) × (1 − the classifiers' top filter probability):
         a filter the classifier is sure of keeps its inverse (1977's pink reads as a cast
         to the cast head a quarter of the time), a photo it reads as clean or as a
         hedge between filters gets the cast's share; the filters' weights are scaled by
-        1 − that weight."""
+        1 − that weight (``probs``: ``_bank_probs(feats)`` when already computed)."""
         p_cast, log_gains = self.bank_cast(feats)
-        top = torch.stack([self.bank_logits(feats, h)[0].softmax(dim=1)[:, 1:1 + self.bank_size]
-                           for h in range(self.bank_head_count)]).mean(dim=0).amax(dim=1)
+        top = torch.stack([p for p, _ in (probs or self._bank_probs(feats))]).mean(dim=0).amax(dim=1)
         return p_cast * (1.0 - top), log_gains
 
     def cast_inverse_delta(self, log_gains: torch.Tensor) -> torch.Tensor:
@@ -448,10 +462,11 @@ class Restorer(nn.Module):
                 deltas = 0.0 if grids is None else grids.to(self.bank_grid_deltas) - self._grid_identity
                 self.bank_grid_deltas.copy_(deltas)
 
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, 3, H, W)`` → LUT ``(B, 3, S, S, S)`` and grid ``(B, 12, D, G, G)``."""
+    def predict(self, x: torch.Tensor, *, known_bank: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 3, H, W)`` → LUT ``(B, 3, S, S, S)`` and grid ``(B, 12, D, G, G)``
+        (``known_bank``: see ``heads``)."""
         view = self.view(x)
-        return self.heads(view, *self.encode(view))
+        return self.heads(view, *self.encode(view), known_bank=known_bank)
 
     def apply(
         self, x: torch.Tensor, lut: torch.Tensor, grid: torch.Tensor, *, window: tuple[int, int, int, int] | None = None

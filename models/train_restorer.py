@@ -345,6 +345,22 @@ def spread(n: int, total: int) -> list[int]:
     return [int(i) for i in np.linspace(0, total - 1, min(n, total)).round().astype(int)]
 
 
+def bank_filter_names(model: Restorer) -> list[str]:
+    """The filters of a trained model's bank, in its order: its card's ``filter_bank.filters``
+    (a run that built the bank), else the trainer's own list (what ``--filter-bank`` builds;
+    a run that kept an ``--init``'s bank does not list them)."""
+    card = getattr(model, "weights_card", {}) or {}
+    filters = (card.get("filter_bank") or {}).get("filters")
+    if not filters:
+        from chromabeam.transforms.ops.synth import SynthConfig
+
+        filters = list(SynthConfig(mode="removal").filters)
+    if len(filters) != model.bank_size:
+        raise ValueError(f"the model has a bank of {model.bank_size} filters; its card lists {len(filters)} "
+                         "(filter_bank.filters)")
+    return list(filters)
+
+
 BANK_GRID_CHOICES = ("none", "grid", "grid+lut")
 
 

@@ -9,7 +9,8 @@ which gains, so a cast is taken off instead of being read as a warm or cool filt
   out (accuracy, P(cast), log-gain error), and on a cast photo it never saw;
 - ``models.bank_casts`` adds a trained head to trained weights and keeps everything else
   bit for bit; the card says what it was trained on; it refuses what it cannot extend;
-- the trainer treats the head like the classifier (frozen, or tuned at the bank's rate).
+- the trainer treats the head like the classifier (frozen, or tuned at the bank's rate);
+- a known filter (``predict(known_bank=…)``) replaces what the bank recognises, with no cast.
 """
 import json
 import math
@@ -113,6 +114,23 @@ def test_an_untrained_cast_head_changes_nothing_and_a_certain_one_undoes_the_cas
     base_lut, base_grid = lut0 - 0.4 * filter_lut, grid0 - 0.4 * filter_grid
     torch.testing.assert_close(lut1, base_lut + 0.6 * cast_delta + 0.16 * filter_lut, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(grid1, base_grid + 0.16 * filter_grid, rtol=1e-4, atol=1e-4)
+
+
+def test_a_known_filter_replaces_what_the_bank_recognises_and_takes_no_cast():
+    torch.manual_seed(3)
+    model = Restorer(**SMALL, bank=2, bank_grids=True, bank_casts=True, pretrained=False).eval()
+    model.set_bank(torch.rand(2, 3, 9, 9, 9), grids=torch.randn(2, 12, 8, 8, 8))
+    x = _float(_photo("coffee", 96, 72))
+    with torch.inference_mode():
+        _force_classes(model, 1.0)  # the classifier sure of filter 1 (the gate then leaves no cast)
+        want = model.predict(x)
+        _force_classes(model, 1e-30)  # now sure of "no filter", and the cast head sure of a cast
+        _force_cast(model, [0.2, 0.0, -0.3])
+        blind = model.predict(x)
+        known = model.predict(x, known_bank=torch.tensor([[0.0, 1.0]]))
+    for got, ref in zip(known, want):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert (blind[0] - want[0]).abs().amax() > 0.05  # blind, it would have done otherwise
 
 
 def test_calibration_shifts_the_cast_logit():
