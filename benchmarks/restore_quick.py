@@ -6,7 +6,7 @@ checkpoints; ``benchmarks/restore_quality.py`` is the benchmark.
 
     python benchmarks/restore_quick.py WEIGHTS.safetensors|CHECKPOINT_DIR [--size 512]
         [--photos eval|holdout:FRACTION|packages:NAME,…] [--bank-temperature T] [--bank-none-shift D]
-        [--bank-cast-shift S] [--jpeg QUALITY] [--known-filter]
+        [--bank-cast-shift S] [--bank-verify-beta B] [--jpeg QUALITY] [--known-filter]
 
 A CHECKPOINT_DIR is a ``chromabeam train restorer`` checkpoint folder (``model.safetensors``
 + ``state.json``). ``--photos holdout:F`` scores the TRAIN photos that ``chromabeam train
@@ -17,7 +17,8 @@ and decodes it before the model sees it, as photos arrive in practice; ``--known
 also scores the IFFI looks with the model told the filter (``Restorer.predict(known_bank=…)``).
 Settings such as the
 bank's calibration (``--bank-temperature``/``--bank-none-shift``/``--bank-cast-shift``, applied with
-``Restorer.calibrate_bank`` before scoring) are chosen there, never on EVAL.
+``Restorer.calibrate_bank`` before scoring) and the verifier's β (``--bank-verify-beta``) are
+chosen there, never on EVAL.
 """
 from __future__ import annotations
 
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bank-temperature", type=float, default=1.0)
     ap.add_argument("--bank-none-shift", type=float, default=0.0)
     ap.add_argument("--bank-cast-shift", type=float, default=0.0, help="added to the cast head's logit (bank_casts)")
+    ap.add_argument("--bank-verify-beta", type=float, default=None,
+                    help="the verifier's weight against the classifier's log P (bank_verify; 0: the classifier alone)")
     ap.add_argument("--jpeg", type=int, default=0, metavar="QUALITY",
                     help="round-trip every input through a JPEG of this quality (4:2:0) before restoring")
     ap.add_argument("--known-filter", action="store_true",
@@ -74,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model, label = load(args.weights)
+    if args.bank_verify_beta is not None:
+        if not getattr(model, "bank_verify", 0):
+            ap.error("--bank-verify-beta needs a model with a verifier (bank_verify)")
+        model.bank_verify_beta.fill_(args.bank_verify_beta)
+        label += f" (verifier beta {args.bank_verify_beta:g})"
     if args.bank_temperature != 1.0 or args.bank_none_shift or args.bank_cast_shift:
         model.calibrate_bank(args.bank_temperature, args.bank_none_shift, args.bank_cast_shift)
         label += (f" (bank temperature {args.bank_temperature:g}, none shift {args.bank_none_shift:g}"

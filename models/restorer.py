@@ -89,6 +89,7 @@ ENCODERS = ("efficientnet", "stats")
 _STATS_HIDDEN = 256
 _BANK_HIDDEN = 512
 _CAST_HIDDEN = 256
+_VERIFY_HIDDEN = 256
 
 
 def soft_histogram(x: torch.Tensor, bins: int) -> torch.Tensor:
@@ -134,6 +135,7 @@ class Restorer(nn.Module):
         bank_shading: bool = False,
         bank_grids: bool = False,
         bank_casts: bool = False,
+        bank_verify: int = 0,
     ):
         super().__init__()
         if (lut_size < 2 or lut_basis < 1 or grid_size < 1 or grid_bins < 1 or view_size < 32 or width < 1
@@ -145,8 +147,9 @@ class Restorer(nn.Module):
             )
         if encoder not in ENCODERS:
             raise ValueError(f"Restorer: encoder must be one of {ENCODERS}, got {encoder!r}")
-        if bank < 0 or bank_heads < 1:
-            raise ValueError(f"Restorer: bank must be >= 0 and bank_heads >= 1, got {bank}, {bank_heads}")
+        if bank < 0 or bank_heads < 1 or bank_verify < 0:
+            raise ValueError(f"Restorer: bank and bank_verify must be >= 0 and bank_heads >= 1, "
+                             f"got {bank}, {bank_verify}, {bank_heads}")
         self.encoder_kind = encoder
         self.lut_size, self.lut_basis_count = int(lut_size), int(lut_basis)
         self.grid_size, self.grid_bins = int(grid_size), int(grid_bins)
@@ -196,6 +199,7 @@ class Restorer(nn.Module):
         self.bank_shading = bool(bank_shading) and self.bank_size > 0
         self.bank_grids = bool(bank_grids) and self.bank_size > 0
         self.bank_casts = bool(bank_casts) and self.bank_size > 0
+        self.bank_verify = min(int(bank_verify), self.bank_size)
         if self.bank_size:
             # The filter bank: fixed inverse LUTs (as residuals from the identity) and a
             # classifier on the view's standardised colour statistics → "which filter, how
@@ -218,6 +222,10 @@ class Restorer(nn.Module):
             self.bank_head = heads[0] if self.bank_head_count == 1 else nn.ModuleList(heads)
             if self.bank_casts:
                 self.bank_cast_head = self._new_cast_head(n_feat)
+            if self.bank_verify:
+                self.bank_verify_head = self._new_verify_head(n_feat)
+                # how much the verifier's score counts against the classifier's log P
+                self.register_buffer("bank_verify_beta", torch.ones(()))
         self.register_buffer("_lut_identity", lut3d_identity(lut_size).unsqueeze(0), persistent=False)
         self.register_buffer(
             "_grid_identity", affine_identity_grid(grid_bins, grid_size, grid_size), persistent=False
@@ -250,6 +258,19 @@ class Restorer(nn.Module):
             head[-1].bias[0] = -20.0
         return head
 
+    @staticmethod
+    def _new_verify_head(n_feat: int) -> nn.Module:
+        # sees a candidate's restoration (its standardised bank inputs) and how they moved
+        # from the input's; says how good that restoration is (a score in log-odds units)
+        head = nn.Sequential(
+            nn.Linear(2 * n_feat, _VERIFY_HIDDEN), nn.ReLU(), nn.Dropout(0.1),
+            nn.Linear(_VERIFY_HIDDEN, _VERIFY_HIDDEN), nn.ReLU(),
+            nn.Linear(_VERIFY_HIDDEN, 1),
+        )
+        nn.init.zeros_(head[-1].weight)  # untrained: every candidate scores 0 → the classifier decides
+        nn.init.zeros_(head[-1].bias)
+        return head
+
     def bank_head_list(self) -> list[nn.Module]:
         """The bank's classifiers (one unless ``bank_heads`` > 1)."""
         return list(self.bank_head) if isinstance(self.bank_head, nn.ModuleList) else [self.bank_head]
@@ -274,6 +295,7 @@ class Restorer(nn.Module):
             **({"bank_shading": True} if self.bank_shading else {}),
             **({"bank_grids": True} if self.bank_grids else {}),
             **({"bank_casts": True} if self.bank_casts else {}),
+            **({"bank_verify": self.bank_verify} if self.bank_verify else {}),
         }
 
     @staticmethod
@@ -301,11 +323,14 @@ class Restorer(nn.Module):
         return f16, f32.mean(dim=(2, 3))
 
     def heads(self, view: torch.Tensor, f16: torch.Tensor, pooled: torch.Tensor, *,
-              known_bank: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              known_bank: torch.Tensor | None = None, record: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """View + encoder features → LUT ``(B, 3, S, S, S)`` and grid ``(B, 12, D, G, G)``.
         ``known_bank`` ``(B, bank)``: the bank entries' weights to use instead of what the
         classifier recognises, and no cast — the model told the look (a diagnostic: how much
-        of blind removal is recognition)."""
+        of blind removal is recognition). ``record`` (a dict): filled with what the bank
+        recognised — ``bank_probs`` / ``bank_strength`` ``(B, bank)`` (averaged over the
+        classifiers, after the verifier), with a cast head ``cast_weight`` ``(B,)`` and
+        ``cast_log_gains`` ``(B, 3)`` — for a manifest to report per image."""
         stats = self.encoder is None
         if self.hist_bins and not stats:
             pooled = torch.cat([pooled, soft_histogram(view, self.hist_bins)], dim=1)
@@ -319,9 +344,16 @@ class Restorer(nn.Module):
             else:
                 feats = self.bank_inputs(view, pooled if stats else None)
                 probs = self._bank_probs(feats)  # once: the filters' and the cast's weights both need them
+                if self.bank_verify:
+                    probs = self.verify_probs(view, f16, pooled, feats, probs)
                 bank_w = self.bank_weights(feats, probs)
+                if record is not None:
+                    record["bank_probs"] = torch.stack([p for p, _ in probs]).mean(dim=0)
+                    record["bank_strength"] = torch.stack([s for _, s in probs]).mean(dim=0)
                 if self.bank_casts:
                     p_cast, log_gains = self.cast_weight(feats, probs)
+                    if record is not None:
+                        record["cast_weight"], record["cast_log_gains"] = p_cast, log_gains
                     bank_w = bank_w * (1.0 - p_cast)[:, None]
                     lut = lut + p_cast[:, None, None, None, None] * self.cast_inverse_delta(log_gains)
             lut = lut + torch.einsum("bn,ncdhw->bcdhw", bank_w, self.bank_luts)
@@ -386,6 +418,62 @@ class Restorer(nn.Module):
         averaged over the classifiers (``probs``: ``_bank_probs(feats)`` when already computed)."""
         weights = [p * s for p, s in (probs or self._bank_probs(feats))]
         return weights[0] if len(weights) == 1 else torch.stack(weights).mean(dim=0)
+
+    def candidate_views(self, view: torch.Tensor, f16: torch.Tensor, pooled: torch.Tensor,
+                        candidates: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        """The view restored by each candidate alone: ``candidates`` ``(B, K)`` bank indices
+        (−1: no bank entry), ``strength`` ``(B, bank)`` → ``(B, K, 3, s, s)``, each the
+        model with that one bank entry at its predicted strength (no cast), rounded to 8
+        bits as a saved file would be."""
+        b, k = candidates.shape
+        out = []
+        for j in range(k):
+            c = candidates[:, j]
+            known = torch.zeros(b, self.bank_size, dtype=view.dtype, device=view.device)
+            rows = torch.nonzero(c >= 0)[:, 0]
+            known[rows, c[rows]] = strength[rows, c[rows]].to(view.dtype)
+            restored = self.apply(view, *self.heads(view, f16, pooled, known_bank=known)).clamp(0, 1)
+            out.append(torch.round(restored * 255) / 255)
+        return torch.stack(out, dim=1)
+
+    def verify_candidates(self, view: torch.Tensor, f16: torch.Tensor, pooled: torch.Tensor, feats: torch.Tensor,
+                          candidates: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        """The verifier's scores ``(B, K)`` of the ``candidate_views`` (seen through
+        ``bank_inputs``, beside the input's ``feats``)."""
+        views = self.candidate_views(view, f16, pooled, candidates, strength)
+        b, k = candidates.shape
+        seen = self.bank_inputs(views.flatten(0, 1))
+        return self.verify_score(seen, feats.repeat_interleave(k, dim=0)).view(b, k)
+
+    def verify_score(self, restored_feats: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """``bank_inputs`` of a candidate's restoration and of the input ``(B, F)`` → the
+        verifier's score ``(B,)`` (higher: a better restoration)."""
+        r = (restored_feats - self.bank_mean) / self.bank_scale
+        x = (feats - self.bank_mean) / self.bank_scale
+        return self.bank_verify_head(torch.cat([r, r - x], dim=1))[:, 0]
+
+    def verify_probs(self, view: torch.Tensor, f16: torch.Tensor, pooled: torch.Tensor, feats: torch.Tensor,
+                     probs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Second opinion on the classifiers' ``probs`` (``_bank_probs``): the ``bank_verify``
+        most probable filters and "no bank entry" each restore the view, the verifier
+        scores the restorations (``verify_candidates``), and those candidates' probability
+        mass is shared again in proportion to P · exp(β · score) (β:
+        ``bank_verify_beta``). The other filters keep theirs. Recognition by what the
+        result looks like, not only by what the input looks like: a wrong inverse leaves
+        a look, or makes one."""
+        p_mean = torch.stack([p for p, _ in probs]).mean(dim=0)
+        s_mean = torch.stack([s for _, s in probs]).mean(dim=0)
+        top = p_mean.topk(self.bank_verify, dim=1).indices
+        none = torch.full_like(top[:, :1], -1)
+        candidates = torch.cat([none, top], dim=1)
+        scores = self.verify_candidates(view, f16, pooled, feats, candidates, s_mean)
+        out = []
+        for p, s in probs:
+            cand_p = torch.cat([(1.0 - p.sum(dim=1, keepdim=True)).clamp_min(0.0), p.gather(1, top)], dim=1)
+            mass = cand_p.sum(dim=1, keepdim=True)
+            shared = mass * (torch.log(cand_p.clamp_min(1e-12)) + self.bank_verify_beta * scores).softmax(dim=1)
+            out.append((p.scatter(1, top, shared[:, 1:]), s))
+        return out
 
     def bank_cast(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``bank_inputs`` ``(B, F)`` → (P(the view is a white-balance cast) ``(B,)``, the

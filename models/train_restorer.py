@@ -645,10 +645,11 @@ def _lr(cfg: TrainConfig, step: int) -> float:
 
 
 def _bank_heads(model: Restorer) -> list[torch.nn.Module]:
-    """The bank's trained-apart heads: the classifier(s), and the cast head if any."""
+    """The bank's trained-apart heads: the classifier(s), and the cast head and verifier if any."""
     if not model.bank_size:
         return []
-    return [model.bank_head] + ([model.bank_cast_head] if model.bank_casts else [])
+    return ([model.bank_head] + ([model.bank_cast_head] if model.bank_casts else [])
+            + ([model.bank_verify_head] if model.bank_verify else []))
 
 
 def _optimizer(model: Restorer, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -932,7 +933,7 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
     consistency = args.bank_consistency
     config = {k: v for k, v in base.config.items()
               if k not in ("model", "bank", "bank_consistency", "bank_other", "bank_heads", "bank_shading",
-                           "bank_grids", "bank_casts")}
+                           "bank_grids", "bank_casts", "bank_verify")}
     keep_tables = init is not None and init.bank_size == len(filters) and not consistency
     # the init's bank grids go with its tables: kept together or not at all
     grids = keep_tables and init.bank_grids

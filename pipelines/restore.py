@@ -107,8 +107,10 @@ class PrepareFn(beam.DoFn):
 
 
 class FinishFn(beam.DoFn):
-    """PredictionResult(RestoreInput, restored uint8) → TaskResult: the encoded image, the
-    row with model name/sha and, with a reference, the metrics."""
+    """PredictionResult(RestoreInput, (restored uint8, recognition)) → TaskResult: the
+    encoded image, the row with model name/sha, the job's params plus what the model
+    recognised in this image (``params.recognised``: filter, P, strength, P(none), cast
+    weight and gains) and, with a reference, the metrics."""
 
     def __init__(self, *, model_name: str, model_sha256: str, image_format: str = "jpg", quality: int = 95,
                  params: str | None = None, with_reference: bool = False):
@@ -117,6 +119,11 @@ class FinishFn(beam.DoFn):
         self._params = params
         self._with_reference = with_reference
 
+    def _row_params(self, recognised: dict | None) -> str | None:
+        if recognised is None:
+            return self._params
+        return to_json({**(json.loads(self._params) if self._params else {}), "recognised": recognised})
+
     def setup(self):
         self._lpips = None
         if self._with_reference:
@@ -124,7 +131,7 @@ class FinishFn(beam.DoFn):
 
     def process(self, result):
         e: RestoreInput = result.example
-        restored = result.inference
+        restored, recognised = result.inference
         h, w = restored.shape[:2]
         values = {}
         if e.reference is not None:
@@ -134,7 +141,7 @@ class FinishFn(beam.DoFn):
             values = {k: (None if v is None else float(v[0])) for k, v in values.items()}
         row = ManifestRow(
             key=e.key, task=TASK, source_uri=e.source_uri, reference_uri=e.reference_uri, width=w, height=h,
-            model_name=self._name, model_sha256=self._sha, params=self._params, **values,
+            model_name=self._name, model_sha256=self._sha, params=self._row_params(recognised), **values,
         )
         data = encode_image(restored, self._ext, self._quality)
         yield TaskResult(row, (OutputImage(self._ext, data),))

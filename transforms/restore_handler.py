@@ -24,7 +24,7 @@ from chromabeam.transforms.ops.imageio import to_uint8
 from chromabeam.transforms.ops.lut_kernel import residual_lut_uint8
 from chromabeam.transforms.ops.pixels8 import resize_uint8
 
-__all__ = ["RestoreInput", "RestoreModelHandler", "restore_pixels", "restore_pixels_fast"]
+__all__ = ["RestoreInput", "RestoreModelHandler", "recognition", "restore_pixels", "restore_pixels_fast"]
 
 
 @dataclasses.dataclass
@@ -42,10 +42,40 @@ class RestoreInput:
 LOW_SIDE = 128  # the fast path's exact low-resolution pass (long side)
 
 
+def recognition(model: torch.nn.Module, record: dict) -> list[dict | None]:
+    """What the bank recognised in each image (``Restorer.heads``' ``record``), for the
+    manifest's ``params``: ``filter`` (the most probable filter, or null where P(no bank
+    filter) is larger), ``top_filter``, ``p_filter`` and ``strength`` (the most probable
+    filter, its probability and predicted strength), ``p_none``, and with a cast head the cast inverse's
+    ``cast_weight`` and ``cast_gains`` (×, per channel). ``None`` per image for a model
+    without a bank."""
+    if "bank_probs" not in record:
+        n = next(iter(record.values())).shape[0] if record else 0
+        return [None] * n
+    names = getattr(model, "_bank_filter_names", None)
+    if names is None:
+        from chromabeam.models.train_restorer import bank_filter_names
+
+        names = model._bank_filter_names = bank_filter_names(model)
+    probs, strength = record["bank_probs"].float().cpu(), record["bank_strength"].float().cpu()
+    top = probs.argmax(dim=1)
+    out = []
+    for i, t in enumerate(top.tolist()):
+        p_top, p_none = float(probs[i, t]), max(0.0, 1.0 - float(probs[i].sum()))
+        entry = {"filter": names[t] if p_top > p_none else None, "top_filter": names[t], "p_filter": round(p_top, 4),
+                 "strength": round(float(strength[i, t]), 4), "p_none": round(p_none, 4)}
+        if "cast_weight" in record:
+            entry["cast_weight"] = round(float(record["cast_weight"][i]), 4)
+            entry["cast_gains"] = [round(float(g), 4) for g in record["cast_log_gains"][i].float().exp().cpu()]
+        out.append(entry)
+    return out
+
+
 def restore_pixels(model: torch.nn.Module, images: Sequence[np.ndarray], device: torch.device,
-                   *, exact: bool | None = None) -> list[np.ndarray]:
+                   *, exact: bool | None = None, recognised: list | None = None) -> list[np.ndarray]:
     """Restore uint8 ``(H, W, 3)`` images of any (mixed) sizes with one encoder call for
-    all their views; each image is mapped at its own resolution. Returns uint8 arrays.
+    all their views; each image is mapped at its own resolution. Returns uint8 arrays;
+    a ``recognised`` list gets each image's ``recognition`` appended.
 
     ``exact`` (default: exact on CUDA, fast on CPU): the fast path (``restore_pixels_fast``)
     runs the global LUT in Pillow's C code on the uint8 pixels and adds the local grid's
@@ -58,12 +88,14 @@ def restore_pixels(model: torch.nn.Module, images: Sequence[np.ndarray], device:
     if exact is None:
         exact = device.type != "cpu"
     if not exact:
-        return restore_pixels_fast(model, images, device)
-    out = []
+        return restore_pixels_fast(model, images, device, recognised=recognised)
+    out, record = [], {}
     with torch.inference_mode():
         xs = [_float(im, device) for im in images]
         views = torch.cat([model.view(x) for x in xs])
-        luts, grids = model.heads(views, *model.encode(views))
+        luts, grids = model.heads(views, *model.encode(views), record=record)
+        if recognised is not None:
+            recognised.extend(recognition(model, record) if record else [None] * len(images))
         for i, x in enumerate(xs):
             y = model.apply(x, luts[i:i + 1], grids[i:i + 1])
             del x
@@ -79,7 +111,7 @@ def _float(im: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def restore_pixels_fast(model: torch.nn.Module, images: Sequence[np.ndarray], device: torch.device,
-                        low_side: int = LOW_SIDE) -> list[np.ndarray]:
+                        low_side: int = LOW_SIDE, *, recognised: list | None = None) -> list[np.ndarray]:
     """The 8-bit CPU path of ``restore_pixels``: views resized by Pillow; per image
     ``LUT(x + up(A(x_low) − x_low))`` — the grid's local affine ``A`` computed exactly at
     ``low_side`` px and its correction upsampled (vignettes and gradients vary slowly),
@@ -93,10 +125,12 @@ def restore_pixels_fast(model: torch.nn.Module, images: Sequence[np.ndarray], de
         h, w = im.shape[:2]
         scale = max(low_side, s) / max(h, w)
         smalls.append(im if scale >= 1.0 else resize_uint8(im, (max(1, round(w * scale)), max(1, round(h * scale)))))
-    out = []
+    out, record = [], {}
     with torch.inference_mode():
         views = torch.cat([_float(resize_uint8(sm, (s, s)), device) for sm in smalls])
-        luts, grids = model.heads(views, *model.encode(views))
+        luts, grids = model.heads(views, *model.encode(views), record=record)
+        if recognised is not None:
+            recognised.extend(recognition(model, record) if record else [None] * len(images))
         for i, (im, small) in enumerate(zip(images, smalls)):
             lut, grid = luts[i:i + 1], grids[i:i + 1]
             h, w = im.shape[:2]
@@ -115,8 +149,8 @@ def restore_pixels_fast(model: torch.nn.Module, images: Sequence[np.ndarray], de
 
 class RestoreModelHandler(ModelHandler[RestoreInput, PredictionResult, torch.nn.Module]):
     """Loads the Restorer from the weight registry once per worker (sha256-checked) on
-    an explicit device; ``run_inference`` → ``PredictionResult(example, restored uint8
-    (H, W, 3))`` per input, in order."""
+    an explicit device; ``run_inference`` → ``PredictionResult(example, (restored uint8
+    (H, W, 3), recognition dict or None))`` per input, in order."""
 
     def __init__(
         self,
@@ -149,9 +183,10 @@ class RestoreModelHandler(ModelHandler[RestoreInput, PredictionResult, torch.nn.
         self, batch: Sequence[RestoreInput], model: torch.nn.Module, inference_args: Optional[dict[str, Any]] = None
     ) -> Iterable[PredictionResult]:
         device = next(model.parameters()).device
-        restored = restore_pixels(model, [e.pixels for e in batch], device, exact=self._exact)
+        recognised: list = []
+        restored = restore_pixels(model, [e.pixels for e in batch], device, exact=self._exact, recognised=recognised)
         name = getattr(model, "weights_card", {}).get("name")
-        return [PredictionResult(e, r, name) for e, r in zip(batch, restored)]
+        return [PredictionResult(e, (r, info), name) for e, r, info in zip(batch, restored, recognised)]
 
     def get_num_bytes(self, batch: Sequence[RestoreInput]) -> int:
         # The default pickles the whole batch just to count it.

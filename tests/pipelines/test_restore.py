@@ -208,3 +208,28 @@ def test_fast_cpu_path_agrees_with_the_exact_path():
     assert peak_signal_noise_ratio(exact[0], fast[0], data_range=255) > 38
     # no larger than the low side: mapped exactly (only the view's resampling differs)
     assert np.abs(fast[1].astype(int) - exact[1].astype(int)).max() <= 2
+
+
+def test_the_manifest_says_what_the_shipped_model_recognised_in_each_image(tmp_path):
+    from chromabeam.transforms.ops.filters import apply_filter
+
+    src = tmp_path / "in"
+    src.mkdir()
+    clean = _photo("astronaut", 201, 157)
+    x = torch.from_numpy(clean.copy()).permute(2, 0, 1)[None].float() / 255
+    for f in ("nashville", "1977"):
+        filtered = apply_filter(x, f, 1.0).clamp(0, 1)[0].permute(1, 2, 0).mul(255).round().byte().numpy()
+        (src / f"{f}.png").write_bytes(_png(filtered))
+    (src / "clean.png").write_bytes(_png(clean))
+    out = tmp_path / "out"
+    assert restore.command(_args(str(src), str(out), "--device", "cpu", "--format", "files"), []) == 0
+    rows = _rows(out)
+    seen = {k: json.loads(r["params"]) for k, r in rows.items()}
+    assert all(p["device"] == "cpu" and p["exact"] is False for p in seen.values())  # the step's params stay
+    # measured (fast path): nashville P 1.00, 1977 P 1.00, the clean photo P(none) 0.97
+    for f in ("nashville", "1977"):
+        rec = seen[f]["recognised"]
+        assert rec["filter"] == rec["top_filter"] == f and rec["p_filter"] > 0.9 and rec["p_none"] < 0.05, rec
+        assert 0.5 < rec["strength"] <= 1.0 and rec["cast_weight"] < 0.1 and len(rec["cast_gains"]) == 3, rec
+    rec = seen["clean"]["recognised"]
+    assert rec["filter"] is None and rec["p_none"] > 0.9 and rec["p_filter"] < 0.1, rec
