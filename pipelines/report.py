@@ -118,6 +118,9 @@ def _group_of(task: str, row: dict) -> str | None:
     for name in ("filter", "filter_name", "style", "preset"):
         if params.get(name) not in (None, ""):
             return str(params[name])
+    recognised = params.get("recognised")  # restore: what the model recognised in the image
+    if isinstance(recognised, dict) and "p_none" in recognised:
+        return f"recognised: {recognised.get('filter') or 'no filter'}"
     return None
 
 

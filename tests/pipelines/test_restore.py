@@ -233,3 +233,7 @@ def test_the_manifest_says_what_the_shipped_model_recognised_in_each_image(tmp_p
         assert 0.5 < rec["strength"] <= 1.0 and rec["cast_weight"] < 0.1 and len(rec["cast_gains"]) == 3, rec
     rec = seen["clean"]["recognised"]
     assert rec["filter"] is None and rec["p_none"] > 0.9 and rec["p_filter"] < 0.1, rec
+    # the report groups the rows by what was recognised and captions each image with it
+    html = (out / "report.html").read_text()
+    for label in ("recognised: nashville", "recognised: 1977", "recognised: no filter"):
+        assert label in html, label
