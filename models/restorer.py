@@ -34,8 +34,12 @@ Instagram-style filters are mostly global tone/colour curves plus smooth spatial
     view is a white-balance cast (per-channel gains, which no filter inverse undoes) and
     regresses its log gains; the cast's inverse (a per-channel scale, as a LUT) is added
     with weight P(cast) × (1 − the top filter's probability), and the filters' weights
-    are scaled by 1 − that weight (``cast_weight``). The bank is trained apart
-    from the rest (``train_restorer.train_bank``, ``train_restorer.train_cast_head``).
+    are scaled by 1 − that weight (``cast_weight``). With ``bank_verify=K`` a verifier
+    gets a second opinion: the K most probable filters and "no bank entry" each restore
+    the view, the verifier scores the restorations, and those candidates' mass is shared
+    again as P · exp(β · score) (``verify_probs``; measured, not shipped: docs/restorer.md).
+    The bank is trained apart from the rest (``train_restorer.train_bank``,
+    ``train_restorer.train_cast_head``, ``models.bank_verify``).
 
 At full resolution each pixel goes through the sliced affine first (undo the spatial
 part), then the LUT (undo the global curve). Both are applied in row chunks, so memory
@@ -105,7 +109,7 @@ class Restorer(nn.Module):
     """``Restorer(lut_size=17, lut_basis=8, grid_size=16, grid_bins=8, view_size=256,
     width=64, hist_bins=0, encoder="efficientnet", pretrained=True, bank=0,
     bank_consistency=False, bank_other=False, bank_heads=1, bank_shading=False,
-    bank_grids=False, bank_casts=False)``. With the
+    bank_grids=False, bank_casts=False, bank_verify=0)``. With the
     EfficientNet encoder, ``hist_bins > 0`` adds colour statistics of the view to the
     heads (per-channel soft histograms for the global path, each grid cell's mean colour
     for the local path); with ``encoder="stats"`` the heads see colour statistics only
