@@ -25,9 +25,8 @@ import time
 import numpy as np
 import torch
 
-from chromabeam.models.registry import build_model, derived_card, save_weights
-from chromabeam.models.restorer import Restorer
-from chromabeam.models.train_restorer import PhotoLooks, cast_dataset, train_cast_head
+from chromabeam.models.registry import derived_card, save_weights
+from chromabeam.models.train_restorer import PhotoLooks, bank_model, cast_dataset, train_cast_head, with_new_bank_head
 from chromabeam.transforms import storage
 
 log = logging.getLogger("chromabeam.bank_casts")
@@ -37,22 +36,14 @@ def add_cast_head(weights: str, out: str, looks: PhotoLooks, *, samples: int = 3
                   epochs: int = 30, seed: int = 0, cast_shift: float = 0.0, chosen_on: str | None = None) -> str:
     """``weights`` with a cast head trained on ``samples`` looks of ``looks`` (whose
     ``cast_prob`` sets the share of casts), saved under ``out``; returns its URL."""
-    base = build_model(weights, "cpu")
-    if base.weights_config.get("model") != "restorer" or not getattr(base, "bank_size", 0):
-        raise ValueError(f"bank_casts: {storage.redact(weights)} is not a restorer with a filter bank")
+    base = bank_model(weights, "bank_casts")
     if base.bank_casts:
         raise ValueError(f"bank_casts: {storage.redact(weights)} already has a cast head "
                          f"({base.weights_card.get('bank_casts')}); train it on the weights it came from")
     if cast_shift and not chosen_on:
         raise ValueError("bank_casts: say how --cast-shift was chosen (--chosen-on)")
     card, applied_to = derived_card(base, weights)
-    config = {k: v for k, v in base.weights_config.items() if k != "model"}
-    torch.manual_seed(seed)  # the new head's initial weights: the same command makes the same file
-    model = Restorer(**config, bank_casts=True, pretrained=False).eval()
-    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("bank_cast_head.") for k in missing):
-        raise ValueError(f"bank_casts: cannot extend this model (missing {missing}, unexpected {unexpected})")
-    model.chunk_pixels = base.chunk_pixels
+    model = with_new_bank_head(base, {"bank_casts": True}, "bank_cast_head.", seed=seed, tool="bank_casts")
     t = time.time()
     feats, is_cast, gains = cast_dataset(model, looks, samples, crop, np.random.default_rng(seed + 7))
     log.info("bank_casts: %d labelled looks (%d casts) in %.0f s", len(is_cast), int(is_cast.sum()), time.time() - t)

@@ -34,7 +34,7 @@ import torch
 
 from chromabeam.models.registry import build_model, derived_card, save_weights
 from chromabeam.models.restorer import Restorer
-from chromabeam.models.train_restorer import PhotoLooks, bank_filter_names
+from chromabeam.models.train_restorer import PhotoLooks, bank_filter_names, bank_model, fit_head, with_new_bank_head
 from chromabeam.transforms import storage
 from chromabeam.transforms.ops.metrics import psnr
 
@@ -108,26 +108,12 @@ def train_verify_head(model: Restorer, data: dict[str, torch.Tensor], *, epochs:
     n_hold = int(n * holdout)
     hold, fit = order[:n_hold], order[n_hold:]
     target = (quality / tau).softmax(dim=1)
-    head = model.bank_verify_head
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-3)
 
     def scores(idx):
         return model.verify_score(seen[idx].reshape(-1, f), feats[idx].repeat_interleave(k, dim=0)).view(-1, k)
 
-    head.train()
-    for epoch in range(epochs):
-        perm = fit[torch.randperm(len(fit), generator=g)]
-        total = 0.0
-        for i in range(0, len(perm), 256):
-            b = perm[i:i + 256]
-            loss = -(target[b] * scores(b).log_softmax(dim=1)).sum(dim=1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(b)
-        if log_fn and (epoch + 1) % 5 == 0:
-            log_fn(f"verifier epoch {epoch + 1}/{epochs}: loss {total / len(fit):.4f}")
-    head.eval()
+    fit_head(model.bank_verify_head, fit, lambda b: -(target[b] * scores(b).log_softmax(dim=1)).sum(dim=1).mean(),
+             epochs=epochs, lr=lr, generator=g, log_fn=log_fn, label="verifier")
     with torch.no_grad():
         pick = scores(hold).argmax(dim=1)
         probs = model._bank_probs(feats[hold])
@@ -149,8 +135,8 @@ def train_verify_head(model: Restorer, data: dict[str, torch.Tensor], *, epochs:
 def set_beta(weights: str, out: str, beta: float, chosen_on: str) -> str:
     """``weights`` (with a trained verifier) with β set to ``beta``, saved under ``out``;
     the card's ``bank_verify`` entry says how it was chosen. Returns the new URL."""
-    model = build_model(weights, "cpu")
-    if not getattr(model, "bank_verify", 0):
+    model = bank_model(weights, "bank_verify")
+    if not model.bank_verify:
         raise ValueError(f"bank_verify: {storage.redact(weights)} has no verifier to set β of")
     if not chosen_on:
         raise ValueError("bank_verify: say how --beta was chosen (--chosen-on)")
@@ -167,9 +153,7 @@ def add_verifier(weights: str, out: str, looks: PhotoLooks, *, candidates: int =
                  chosen_on: str | None = None) -> str:
     """``weights`` with a verifier of its ``candidates`` most probable filters (plus "no bank
     entry") trained on ``samples`` looks of ``looks``, saved under ``out``; returns its URL."""
-    base = build_model(weights, "cpu")
-    if base.weights_config.get("model") != "restorer" or not getattr(base, "bank_size", 0):
-        raise ValueError(f"bank_verify: {storage.redact(weights)} is not a restorer with a filter bank")
+    base = bank_model(weights, "bank_verify")
     if base.bank_verify:
         raise ValueError(f"bank_verify: {storage.redact(weights)} already has a verifier "
                          f"({base.weights_card.get('bank_verify')}); train it on the weights it came from, "
@@ -179,14 +163,7 @@ def add_verifier(weights: str, out: str, looks: PhotoLooks, *, candidates: int =
     if beta != 1.0 and not chosen_on:
         raise ValueError("bank_verify: say how --beta was chosen (--chosen-on)")
     card, applied_to = derived_card(base, weights)
-    config = {k: v for k, v in base.weights_config.items() if k != "model"}
-    torch.manual_seed(seed)  # the new head's initial weights: the same command makes the same file
-    model = Restorer(**config, bank_verify=candidates, pretrained=False).eval()
-    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("bank_verify_") for k in missing):
-        raise ValueError(f"bank_verify: cannot extend this model (missing {missing}, unexpected {unexpected})")
-    model.chunk_pixels = base.chunk_pixels
-    model.weights_card = base.weights_card  # the bank's filter names (bank_filter_names)
+    model = with_new_bank_head(base, {"bank_verify": candidates}, "bank_verify_", seed=seed, tool="bank_verify")
     t = time.time()
     # the looks it learns from carry as many candidates as it will see, with the true one among them
     data = verify_dataset(model, looks, samples, crop, np.random.default_rng(seed + 11), candidates=candidates + 1,

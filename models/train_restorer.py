@@ -361,6 +361,32 @@ def bank_filter_names(model: Restorer) -> list[str]:
     return list(filters)
 
 
+def bank_model(weights: str, tool: str) -> Restorer:
+    """The restorer with a filter bank at ``weights`` (CPU), or a ValueError naming ``tool``."""
+    from chromabeam.models.registry import build_model
+
+    model = build_model(weights, "cpu")
+    if model.weights_config.get("model") != "restorer" or not getattr(model, "bank_size", 0):
+        raise ValueError(f"{tool}: {storage.redact(weights)} is not a restorer with a filter bank")
+    return model
+
+
+def with_new_bank_head(base: Restorer, flags: dict, new_prefix: str, *, seed: int, tool: str) -> Restorer:
+    """``base`` rebuilt with ``flags`` (e.g. ``{"bank_casts": True}``) that add one head,
+    whose parameters start with ``new_prefix``: everything else is ``base``'s, bit for
+    bit; the new head's initial weights come from ``seed`` (the same command makes the
+    same file). Keeps ``base``'s card (the bank's filter names)."""
+    config = {k: v for k, v in base.weights_config.items() if k != "model"}
+    torch.manual_seed(seed)
+    model = Restorer(**config, **flags, pretrained=False).eval()
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    if unexpected or any(not k.startswith(new_prefix) for k in missing):
+        raise ValueError(f"{tool}: cannot extend this model (missing {missing}, unexpected {unexpected})")
+    model.chunk_pixels = base.chunk_pixels
+    model.weights_card = base.weights_card
+    return model
+
+
 BANK_GRID_CHOICES = ("none", "grid", "grid+lut")
 
 
@@ -465,6 +491,29 @@ def bank_dataset(model: Restorer, looks: "PhotoLooks", filters: list[str], sampl
     return torch.cat(feats), torch.tensor(labels), torch.tensor(strengths, dtype=torch.float32)
 
 
+def fit_head(head: torch.nn.Module, fit: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.Tensor], *,
+             epochs: int, lr: float, generator: torch.Generator, log_fn: Callable[[str], None] | None = None,
+             label: str = "head") -> None:
+    """Train one of the bank's heads: AdamW (weight decay 1e-3) on ``loss_of(indices)``
+    over minibatches of 256 of the ``fit`` indices, reshuffled each epoch by
+    ``generator``; the mean loss is logged every 5 epochs. Leaves ``head`` in eval mode."""
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-3)
+    head.train()
+    for epoch in range(epochs):
+        perm = fit[torch.randperm(len(fit), generator=generator)]
+        total = 0.0
+        for i in range(0, len(perm), 256):
+            b = perm[i:i + 256]
+            loss = loss_of(b)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(b)
+        if log_fn and (epoch + 1) % 5 == 0:
+            log_fn(f"{label} epoch {epoch + 1}/{epochs}: loss {total / len(fit):.4f}")
+    head.eval()
+
+
 def train_bank(model: Restorer, feats: torch.Tensor, labels: torch.Tensor, strengths: torch.Tensor, *,
                epochs: int = 30, lr: float = 1e-3, seed: int = 0, holdout: float = 0.1,
                log_fn: Callable[[str], None] | None = None) -> dict:
@@ -491,27 +540,17 @@ def train_bank(model: Restorer, feats: torch.Tensor, labels: torch.Tensor, stren
         return float((probs.argmax(1) == labels[idx]).float().mean()) if len(idx) else float("nan")
 
     for h, head in enumerate(model.bank_head_list()):
-        opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-3)
-        head.train()
-        for epoch in range(epochs):
-            perm = fit[torch.randperm(len(fit), generator=g)]
-            total = 0.0
-            for i in range(0, len(perm), 256):
-                b = perm[i:i + 256]
-                logits, strength = model.bank_logits(feats[b], h)
-                loss = F.cross_entropy(logits, labels[b])
-                is_filter = (labels[b] > 0) & (labels[b] <= model.bank_size)
-                if is_filter.any():
-                    s = torch.sigmoid(strength[is_filter]).gather(1, (labels[b][is_filter] - 1)[:, None])[:, 0]
-                    loss = loss + 5.0 * F.mse_loss(s, strengths[b][is_filter])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(b)
-            if log_fn and (epoch + 1) % 5 == 0:
-                log_fn(f"bank classifier {h + 1}/{model.bank_head_count} epoch {epoch + 1}/{epochs}: "
-                       f"loss {total / len(fit):.4f}")
-        head.eval()
+        def loss_of(b, h=h):
+            logits, strength = model.bank_logits(feats[b], h)
+            loss = F.cross_entropy(logits, labels[b])
+            is_filter = (labels[b] > 0) & (labels[b] <= model.bank_size)
+            if is_filter.any():
+                s = torch.sigmoid(strength[is_filter]).gather(1, (labels[b][is_filter] - 1)[:, None])[:, 0]
+                loss = loss + 5.0 * F.mse_loss(s, strengths[b][is_filter])
+            return loss
+
+        fit_head(head, fit, loss_of, epochs=epochs, lr=lr, generator=g, log_fn=log_fn,
+                 label=f"bank classifier {h + 1}/{model.bank_head_count}")
         if log_fn:
             log_fn(f"bank: {h + 1} classifier(s), holdout top-1 {accuracy(hold, h + 1):.3f}")
     model.bank_head.eval()
@@ -556,7 +595,6 @@ def train_cast_head(model: Restorer, feats: torch.Tensor, is_cast: torch.Tensor,
     order = torch.randperm(len(is_cast), generator=g)
     hold, fit = order[:n_hold], order[n_hold:]
     head = model.bank_cast_head
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-3)
 
     def loss_of(idx):
         p_logit_gain = head((feats[idx] - model.bank_mean) / model.bank_scale)
@@ -566,19 +604,7 @@ def train_cast_head(model: Restorer, feats: torch.Tensor, is_cast: torch.Tensor,
             loss = loss + 10.0 * F.mse_loss(p_logit_gain[cast, 1:4], log_gains[idx][cast])
         return loss
 
-    head.train()
-    for epoch in range(epochs):
-        perm = fit[torch.randperm(len(fit), generator=g)]
-        total = 0.0
-        for i in range(0, len(perm), 256):
-            loss = loss_of(perm[i:i + 256])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * min(256, len(perm) - i)
-        if log_fn and (epoch + 1) % 5 == 0:
-            log_fn(f"cast head epoch {epoch + 1}/{epochs}: loss {total / len(fit):.4f}")
-    head.eval()
+    fit_head(head, fit, loss_of, epochs=epochs, lr=lr, generator=g, log_fn=log_fn, label="cast head")
     with torch.no_grad():
         p, pred = model.bank_cast(feats[hold])
     cast = is_cast[hold] > 0
