@@ -17,9 +17,7 @@ import math
 
 import numpy as np
 import pytest
-import skimage.data
 import torch
-from PIL import Image
 
 from chromabeam.models.bank_casts import add_cast_head
 from chromabeam.models.registry import build_model, save_weights
@@ -34,18 +32,12 @@ from chromabeam.models.train_restorer import (
     train_cast_head,
 )
 
+from bank_photos import as_tensor as _float, photo as _photo, PHOTOS, SMALL
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SMALL = {"encoder": "stats", "view_size": 64, "width": 16, "lut_size": 9, "grid_size": 8, "lut_basis": 2}
-PHOTOS = ("astronaut", "coffee", "rocket", "chelsea", "immunohistochemistry", "coins")
 
 
-def _photo(name, w, h):
-    return np.asarray(Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((w, h), Image.BILINEAR))
-
-
-def _float(a):
-    return torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255
 
 
 def _psnr_where(a, b, mask):

@@ -10,11 +10,8 @@ vignette where a LUT (blind to position) cannot.
 """
 import json
 
-import numpy as np
 import pytest
-import skimage.data
 import torch
-from PIL import Image
 
 from chromabeam.models.bank_grids import add_bank_grids, copy_bank_grids
 from chromabeam.models.registry import build_model, save_weights
@@ -23,16 +20,11 @@ from chromabeam.models.train_restorer import fit_bank_grids, inverse_filter_tabl
 from chromabeam.transforms.ops.filters import apply_filter
 from chromabeam.transforms.ops.metrics import psnr
 
-SMALL = {"encoder": "stats", "view_size": 64, "width": 16, "lut_size": 9, "grid_size": 8, "lut_basis": 2}
+from bank_photos import as_tensor as _float, photo as _photo, SMALL
+
 FIT = ("astronaut", "coffee", "rocket", "immunohistochemistry")
 
 
-def _photo(name, w, h):
-    return np.asarray(Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((w, h), Image.BILINEAR))
-
-
-def _float(a):
-    return torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255
 
 
 def _force(model, index, strength_logit=0.0):

@@ -16,9 +16,7 @@ import json
 
 import numpy as np
 import pytest
-import skimage.data
 import torch
-from PIL import Image
 
 from chromabeam.models.bank_verify import add_verifier, set_beta, train_verify_head, verify_dataset
 from chromabeam.models.registry import build_model, save_weights
@@ -31,22 +29,14 @@ from chromabeam.models.train_restorer import (
     bank_filter_names,
     inverse_filter_tables,
 )
-from chromabeam.transforms.ops.filters import apply_filter
-from chromabeam.transforms.ops.metrics import psnr
 from chromabeam.transforms.ops.synth import SynthConfig
+
+from bank_photos import photo as _photo, PHOTOS, SMALL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SMALL = {"encoder": "stats", "view_size": 64, "width": 16, "lut_size": 9, "grid_size": 8, "lut_basis": 2}
-PHOTOS = ("astronaut", "coffee", "rocket", "chelsea", "immunohistochemistry", "coins")
 
 
-def _photo(name, w, h):
-    return np.asarray(Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((w, h), Image.BILINEAR))
-
-
-def _float(a):
-    return torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255
 
 
 def _random_classifier(model, seed=0):

@@ -11,9 +11,7 @@
 """
 import numpy as np
 import pytest
-import skimage.data
 import torch
-from PIL import Image
 
 from chromabeam.models.registry import build_model, save_weights
 from chromabeam.models.restorer import Restorer
@@ -24,15 +22,11 @@ from chromabeam.transforms.ops.dncm import lut3d_apply, lut3d_identity
 from chromabeam.transforms.ops.filters import apply_filter
 from chromabeam.transforms.ops.metrics import psnr
 
+from bank_photos import as_tensor as _float, photo as _photo
+
 SMALL = {"encoder": "stats", "view_size": 64, "width": 16, "lut_size": 9, "grid_size": 4, "lut_basis": 2}
 
 
-def _photo(name, w, h):
-    return np.asarray(Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((w, h), Image.BILINEAR))
-
-
-def _float(a):
-    return torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255
 
 
 def test_an_untrained_bank_adds_nothing():
