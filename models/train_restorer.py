@@ -972,10 +972,17 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
         raise ValueError(f"--filter-bank: cannot extend this model (missing {missing}, unexpected {unexpected})")
     model.chunk_pixels = base.chunk_pixels
     chosen = spread(args.filter_bank, len(looks))
+    # heads trained on the old classifier's standardisation do not fit the new one: say so
+    dropped = [name for name, flag in (("cast head", "bank_casts"), ("verifier", "bank_verify"))
+               if init is not None and getattr(init, flag, 0)]
+    if dropped:
+        log.warning("--filter-bank: the --init's %s %s not carried over (rebuilt bank); add again with "
+                    "models.bank_casts / models.bank_verify", " and ".join(dropped), "is" if len(dropped) == 1 else "are")
     info = {"filters": filters, "fit_photos": [looks.names[i] for i in chosen], "fit_side": 256,
             "classifier": {"samples": args.bank_samples, "epochs": args.bank_epochs, "crop": cfg.crop,
                            "consistency_features": consistency, "other_class": args.bank_other,
-                           "heads": args.bank_heads, "shading_features": args.bank_shading}}
+                           "heads": args.bank_heads, "shading_features": args.bank_shading},
+            **({"dropped_from_init": dropped} if dropped else {})}
     record = storage.join(ckpt, "bank.json")
     if _checkpoint_step(ckpt) > 0:
         if storage.exists(record):

@@ -323,6 +323,20 @@ def test_a_banked_run_keeps_the_inits_bank_grids_with_its_tables(tmp_path, monke
     torch.testing.assert_close(saved.bank_luts, init.bank_luts, rtol=0, atol=0)
 
 
+def test_a_rebuilt_bank_says_it_dropped_the_inits_cast_head_and_verifier(tmp_path, monkeypatch, caplog):
+    torch.manual_seed(9)
+    init = Restorer(**{**TINY, "encoder": "stats"}, bank=40, bank_casts=True, bank_verify=2, pretrained=False).eval()
+    init.set_bank(torch.rand(40, 3, 5, 5, 5))
+    parser, args = _banked_run_from(init, tmp_path, monkeypatch, steps=1)
+    with caplog.at_level("WARNING", logger="chromabeam"):
+        assert train_command(parser.parse_args(args)) == 0
+    assert "cast head and verifier are not carried over" in caplog.text
+    card = json.loads(next((tmp_path / "w").glob("restorer-*.json")).read_text())
+    assert card["filter_bank"]["dropped_from_init"] == ["cast head", "verifier"]
+    saved = build_model(str(tmp_path / "w" / card["weights"]))
+    assert not saved.bank_casts and not saved.bank_verify
+
+
 def test_white_balance_casts_join_the_looks_and_are_not_bank_filters():
     """``cast_prob``: a share of the looks are per-channel gains (the input is the clean
     crop times the gains, 8-bit; the target the clean crop), labelled "not a bank filter"."""
