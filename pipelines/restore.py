@@ -117,12 +117,13 @@ class FinishFn(beam.DoFn):
         self._name, self._sha = model_name, model_sha256
         self._ext, self._quality = extension(image_format), quality
         self._params = params
+        self._params_dict = json.loads(params) if params else {}
         self._with_reference = with_reference
 
     def _row_params(self, recognised: dict | None) -> str | None:
         if recognised is None:
             return self._params
-        return to_json({**(json.loads(self._params) if self._params else {}), "recognised": recognised})
+        return to_json({**self._params_dict, "recognised": recognised})
 
     def setup(self):
         self._lpips = None
