@@ -7,6 +7,7 @@ checkpoints; ``benchmarks/restore_quality.py`` is the benchmark.
     python benchmarks/restore_quick.py WEIGHTS.safetensors|CHECKPOINT_DIR [--size 512]
         [--photos eval|holdout:FRACTION|packages:NAME,…] [--bank-temperature T] [--bank-none-shift D]
         [--bank-cast-shift S] [--bank-verify-beta B] [--jpeg QUALITY] [--known-filter]
+        [--oracle-candidates K]
 
 A CHECKPOINT_DIR is a ``chromabeam train restorer`` checkpoint folder (``model.safetensors``
 + ``state.json``). ``--photos holdout:F`` scores the TRAIN photos that ``chromabeam train
@@ -14,7 +15,10 @@ restorer --holdout-photos F`` left out instead of the EVAL photos (``packages:�
 TRAIN photos of those packages, e.g. ones added to the catalogue after a model was
 trained); ``--jpeg Q`` saves every input (filtered, graded or clean) as a JPEG of quality Q
 and decodes it before the model sees it, as photos arrive in practice; ``--known-filter``
-also scores the IFFI looks with the model told the filter (``Restorer.predict(known_bank=…)``).
+also scores the IFFI looks with the model told the filter (``Restorer.predict(known_bank=…)``);
+``--oracle-candidates K`` says how often the true filter is among the classifier's top
+1 / 3 / 5 / K and how good the best of "no bank entry" + those candidates' restorations
+is (an oracle choosing: the room a second opinion such as ``bank_verify`` has).
 Settings such as the
 bank's calibration (``--bank-temperature``/``--bank-none-shift``/``--bank-cast-shift``, applied with
 ``Restorer.calibrate_bank`` before scoring) and the verifier's β (``--bank-verify-beta``) are
@@ -74,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--known-filter", action="store_true",
                     help="also score the IFFI looks with the model told the filter (its bank entry at weight 1, "
                          "no cast): how much of blind removal is recognition")
+    ap.add_argument("--oracle-candidates", type=int, default=0, metavar="K",
+                    help="also: the true filter's rank among the classifier's top K, and the best of 'no bank entry' "
+                         "+ the top 1/3/5/K candidates' restorations of the IFFI looks (an oracle choosing)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model, label = load(args.weights)
@@ -137,7 +144,46 @@ def main(argv: list[str] | None = None) -> int:
                  for f in IFFI_FILTERS]
         print(f"IFFI with the filter known: model {np.mean([b for _, b in known]):.2f}; per filter (blind → known, dB):",
               " ".join(f"{f}:{b:.1f}→{k:.1f}" for f, (_, b), (_, k) in zip(IFFI_FILTERS, filters, known)))
+    if args.oracle_candidates:
+        if not getattr(model, "bank_size", 0) or not 1 <= args.oracle_candidates <= model.bank_size:
+            ap.error("--oracle-candidates needs a model with a filter bank and K in [1, bank size]")
+        print(oracle_candidates(model, evals, args.oracle_candidates, args.jpeg))
     return 0
+
+
+def oracle_candidates(model: Restorer, evals: list[torch.Tensor], k: int, jpeg: int = 0) -> str:
+    """On the IFFI looks of ``evals``: the share whose true filter is among the classifier's
+    top n, and the mean PSNR of the best of "no bank entry" + the top n candidates'
+    restorations (each the model with that one bank entry at its predicted strength), for
+    n in 1 / 3 / 5 / ``k``."""
+    bank = bank_filter_names(model)
+    sizes = sorted({n for n in (1, 3, 5, k) if n <= k})
+    ranks, best = [], {n: [] for n in sizes}
+    for f in IFFI_FILTERS:
+        for clean in evals:
+            x = jpeg_round_trip(_q8(apply_filter(clean, f, 1.0)), jpeg) if jpeg else _q8(apply_filter(clean, f, 1.0))
+            with torch.inference_mode():
+                view = model.view(x)
+                f16, pooled = model.encode(view)
+                probs = model._bank_probs(model.bank_inputs(view, pooled if model.encoder is None else None))
+                p = torch.stack([q for q, _ in probs]).mean(dim=0)[0]
+                strength = torch.stack([s for _, s in probs]).mean(dim=0)[0]
+                order = p.argsort(descending=True).tolist()
+                quality = []
+                for c in [-1] + order[:k]:
+                    known = torch.zeros(1, model.bank_size)
+                    if c >= 0:
+                        known[0, c] = strength[c]
+                    y = _q8(model.apply(x, *model.heads(view, f16, pooled, known_bank=known)).clamp(0, 1))
+                    quality.append(float(psnr(y, clean)[0]))
+            ranks.append(order.index(bank.index(f)) + 1)
+            for n in sizes:
+                best[n].append(max(quality[:n + 1]))
+    ranks = np.array(ranks)
+    return ("true filter among the classifier's top " + " / ".join(map(str, sizes)) + ": "
+            + " / ".join(f"{np.mean(ranks <= n):.3f}" for n in sizes)
+            + "; best of 'no bank entry' + the top " + " / ".join(map(str, sizes)) + " restorations (oracle): "
+            + " / ".join(f"{np.mean(best[n]):.2f}" for n in sizes) + " dB")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,15 @@ import time
 import numpy as np
 import torch
 
-from chromabeam.models.registry import build_model, derived_card, save_weights
-from chromabeam.models.restorer import Restorer
-from chromabeam.models.train_restorer import PhotoLooks, bank_filter_names, fit_bank_grids, spread
+from chromabeam.models.registry import derived_card, save_weights
+from chromabeam.models.train_restorer import (
+    PhotoLooks,
+    bank_filter_names,
+    bank_model,
+    fit_bank_grids,
+    spread,
+    with_new_bank_head,
+)
 from chromabeam.transforms import storage
 
 log = logging.getLogger("chromabeam.bank_grids")
@@ -38,9 +44,7 @@ def add_bank_grids(weights: str, out: str, images: list[np.ndarray], names: list
                    seed: int = 0) -> str:
     """``weights`` with bank grids fitted on ``images`` (uint8 ``(H, W, 3)`` TRAIN photos,
     ``names`` for the card), saved under ``out``; returns its URL."""
-    base = build_model(weights, "cpu")
-    if base.weights_config.get("model") != "restorer" or not getattr(base, "bank_size", 0):
-        raise ValueError(f"bank_grids: {storage.redact(weights)} is not a restorer with a filter bank")
+    base = bank_model(weights, "bank_grids")
     if base.bank_grids:
         raise ValueError(f"bank_grids: {storage.redact(weights)} already has bank grids "
                          f"({base.weights_card.get('bank_grids')}); fit them on the weights it came from")
@@ -49,11 +53,7 @@ def add_bank_grids(weights: str, out: str, images: list[np.ndarray], names: list
         filters = bank_filter_names(base)
     except ValueError as e:
         raise ValueError(f"bank_grids: {storage.redact(weights)}: {e}") from None
-    config = {k: v for k, v in base.weights_config.items() if k != "model"}
-    model = Restorer(**config, bank_grids=True, pretrained=False).eval()
-    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-    if unexpected or missing != ["bank_grid_deltas"]:
-        raise ValueError(f"bank_grids: cannot extend this model (missing {missing}, unexpected {unexpected})")
+    model = with_new_bank_head(base, {"bank_grids": True}, "bank_grid_deltas", seed=None, tool="bank_grids")
     t = time.time()
     tables, grids, report = fit_bank_grids(model, images, filters, steps=steps, seed=seed, log_fn=log.info)
     model.set_bank(tables, grids=grids)
@@ -67,10 +67,7 @@ def copy_bank_grids(weights: str, source: str, out: str) -> str:
     weights that ``add_bank_grids`` made from a model with the same bank: the filters whose
     LUT the fit kept ("none", "grid") must hold the same tables in both, or the grids were
     fitted for another bank. Nothing is refitted; saved under ``out``; returns its URL."""
-    base, src = build_model(weights, "cpu"), build_model(source, "cpu")
-    for name, m in ((weights, base), (source, src)):
-        if m.weights_config.get("model") != "restorer" or not getattr(m, "bank_size", 0):
-            raise ValueError(f"bank_grids: {storage.redact(name)} is not a restorer with a filter bank")
+    base, src = bank_model(weights, "bank_grids"), bank_model(source, "bank_grids")
     if base.bank_grids:
         raise ValueError(f"bank_grids: {storage.redact(weights)} already has bank grids")
     fitted = src.weights_card.get("bank_grids") or {}
@@ -88,10 +85,7 @@ def copy_bank_grids(weights: str, source: str, out: str) -> str:
             raise ValueError(f"bank_grids: {storage.redact(source)}'s grids were fitted on another bank "
                              f"({fitted['per_filter'][k]['filter']}'s table differs)")
     card, applied_to = derived_card(base, weights)
-    config = {k: v for k, v in base.weights_config.items() if k != "model"}
-    model = Restorer(**config, bank_grids=True, pretrained=False).eval()
-    model.load_state_dict(base.state_dict(), strict=False)
-    model.chunk_pixels = base.chunk_pixels
+    model = with_new_bank_head(base, {"bank_grids": True}, "bank_grid_deltas", seed=None, tool="bank_grids")
     model.set_bank(src.bank_luts + src._lut_identity, grids=src.bank_grid_deltas + src._grid_identity)
     card["bank_grids"] = {**fitted, "fitted_for": fitted.get("applied_to"),
                           "copied_from": f"{storage.basename(source)} (sha256 {src.weights_sha256})",

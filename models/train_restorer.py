@@ -371,13 +371,15 @@ def bank_model(weights: str, tool: str) -> Restorer:
     return model
 
 
-def with_new_bank_head(base: Restorer, flags: dict, new_prefix: str, *, seed: int, tool: str) -> Restorer:
-    """``base`` rebuilt with ``flags`` (e.g. ``{"bank_casts": True}``) that add one head,
-    whose parameters start with ``new_prefix``: everything else is ``base``'s, bit for
-    bit; the new head's initial weights come from ``seed`` (the same command makes the
-    same file). Keeps ``base``'s card (the bank's filter names)."""
+def with_new_bank_head(base: Restorer, flags: dict, new_prefix: str, *, seed: int | None, tool: str) -> Restorer:
+    """``base`` rebuilt with ``flags`` (e.g. ``{"bank_casts": True}``) that add one head
+    (or buffer), whose state starts with ``new_prefix``: everything else is ``base``'s,
+    bit for bit; a new head's initial weights come from ``seed`` (the same command makes
+    the same file; None: nothing new is random). Keeps ``base``'s card (the bank's
+    filter names)."""
     config = {k: v for k, v in base.weights_config.items() if k != "model"}
-    torch.manual_seed(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     model = Restorer(**config, **flags, pretrained=False).eval()
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     if unexpected or any(not k.startswith(new_prefix) for k in missing):

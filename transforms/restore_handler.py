@@ -42,16 +42,15 @@ class RestoreInput:
 LOW_SIDE = 128  # the fast path's exact low-resolution pass (long side)
 
 
-def recognition(model: torch.nn.Module, record: dict) -> list[dict | None]:
+def recognition(model: torch.nn.Module, record: dict, count: int) -> list[dict | None]:
     """What the bank recognised in each image (``Restorer.heads``' ``record``), for the
     manifest's ``params``: ``filter`` (the most probable filter, or null where P(no bank
     filter) is larger), ``top_filter``, ``p_filter`` and ``strength`` (the most probable
     filter, its probability and predicted strength), ``p_none``, and with a cast head the cast inverse's
-    ``cast_weight`` and ``cast_gains`` (×, per channel). ``None`` per image for a model
-    without a bank."""
+    ``cast_weight`` and ``cast_gains`` (×, per channel). ``None`` for each of the
+    ``count`` images of a model without a bank."""
     if "bank_probs" not in record:
-        n = next(iter(record.values())).shape[0] if record else 0
-        return [None] * n
+        return [None] * count
     names = getattr(model, "_bank_filter_names", None)
     if names is None:
         from chromabeam.models.train_restorer import bank_filter_names
@@ -89,13 +88,13 @@ def restore_pixels(model: torch.nn.Module, images: Sequence[np.ndarray], device:
         exact = device.type != "cpu"
     if not exact:
         return restore_pixels_fast(model, images, device, recognised=recognised)
-    out, record = [], {}
+    out, record = [], {} if recognised is not None else None
     with torch.inference_mode():
         xs = [_float(im, device) for im in images]
         views = torch.cat([model.view(x) for x in xs])
         luts, grids = model.heads(views, *model.encode(views), record=record)
         if recognised is not None:
-            recognised.extend(recognition(model, record) if record else [None] * len(images))
+            recognised.extend(recognition(model, record, len(images)))
         for i, x in enumerate(xs):
             y = model.apply(x, luts[i:i + 1], grids[i:i + 1])
             del x
@@ -125,12 +124,12 @@ def restore_pixels_fast(model: torch.nn.Module, images: Sequence[np.ndarray], de
         h, w = im.shape[:2]
         scale = max(low_side, s) / max(h, w)
         smalls.append(im if scale >= 1.0 else resize_uint8(im, (max(1, round(w * scale)), max(1, round(h * scale)))))
-    out, record = [], {}
+    out, record = [], {} if recognised is not None else None
     with torch.inference_mode():
         views = torch.cat([_float(resize_uint8(sm, (s, s)), device) for sm in smalls])
         luts, grids = model.heads(views, *model.encode(views), record=record)
         if recognised is not None:
-            recognised.extend(recognition(model, record) if record else [None] * len(images))
+            recognised.extend(recognition(model, record, len(images)))
         for i, (im, small) in enumerate(zip(images, smalls)):
             lut, grid = luts[i:i + 1], grids[i:i + 1]
             h, w = im.shape[:2]

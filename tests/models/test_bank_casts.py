@@ -9,7 +9,7 @@ which gains, so a cast is taken off instead of being read as a warm or cool filt
   out (accuracy, P(cast), log-gain error), and on a cast photo it never saw;
 - ``models.bank_casts`` adds a trained head to trained weights and keeps everything else
   bit for bit; the card says what it was trained on; it refuses what it cannot extend;
-- the trainer treats the head like the classifier (frozen, or tuned at the bank's rate);
+- the trainer treats the head, and the verifier, like the classifier (frozen, or tuned at the bank's rate);
 - a known filter (``predict(known_bank=…)``) replaces what the bank recognises, with no cast.
 """
 import json
@@ -200,15 +200,17 @@ def test_bank_casts_command_extends_trained_weights(tmp_path, cast_looks):
         add_cast_head(plain_url, str(tmp_path / "y"), cast_looks, samples=8, crop=64, epochs=1)
 
 
-def test_the_trainer_treats_the_cast_head_like_the_classifier():
-    cast_params = lambda m: list(m.bank_cast_head.parameters())  # noqa: E731
-    frozen = Restorer(**SMALL, bank=2, bank_casts=True, pretrained=False)
+@pytest.mark.parametrize("flag, head", [({"bank_casts": True}, "bank_cast_head"),
+                                        ({"bank_verify": 2}, "bank_verify_head")])
+def test_the_trainer_treats_the_cast_head_and_the_verifier_like_the_classifier(flag, head):
+    params = lambda m: list(getattr(m, head).parameters())  # noqa: E731
+    frozen = Restorer(**SMALL, bank=2, **flag, pretrained=False)
     _apply_freeze(frozen, "none", bank_lr_scale=0.0)
-    assert not any(p.requires_grad for p in cast_params(frozen))
-    tuned = Restorer(**SMALL, bank=2, bank_casts=True, pretrained=False)
+    assert not any(p.requires_grad for p in params(frozen))
+    tuned = Restorer(**SMALL, bank=2, **flag, pretrained=False)
     _apply_freeze(tuned, "none", bank_lr_scale=0.3)
     opt = _optimizer(tuned, TrainConfig(bank_lr_scale=0.3))
     bank_group = next(g for g in opt.param_groups if g["lr_scale"] == 0.3)
     ids = {id(p) for p in bank_group["params"]}
-    assert all(id(p) in ids for p in cast_params(tuned))
+    assert all(id(p) in ids for p in params(tuned))
     assert all(id(p) not in ids for p in tuned.lut_weights.parameters())
