@@ -17,16 +17,22 @@ content name, with the original card plus a ``bank_casts`` entry.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
 
 import numpy as np
-import torch
 
 from chromabeam.models.registry import derived_card, save_weights
-from chromabeam.models.train_restorer import PhotoLooks, bank_model, cast_dataset, train_cast_head, with_new_bank_head
+from chromabeam.models.train_restorer import (
+    PhotoLooks,
+    bank_model,
+    bank_tool_parser,
+    bank_tool_setup,
+    cast_dataset,
+    train_cast_head,
+    with_new_bank_head,
+)
 from chromabeam.transforms import storage
 
 log = logging.getLogger("chromabeam.bank_casts")
@@ -60,22 +66,15 @@ def add_cast_head(weights: str, out: str, looks: PhotoLooks, *, samples: int = 3
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m chromabeam.models.bank_casts", description=__doc__.split("\n\n")[0])
-    ap.add_argument("weights")
-    ap.add_argument("out")
+    ap = bank_tool_parser("bank_casts", __doc__)
     ap.add_argument("--samples", type=int, default=30000, help="labelled looks the head is trained on")
     ap.add_argument("--cast-prob", type=float, default=0.3, help="share of those looks that are casts")
     ap.add_argument("--jpeg-prob", type=float, default=0.0, help="share of looks round-tripped through a JPEG")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--cast-shift", type=float, default=0.0, help="added to the cast logit (calibration)")
     ap.add_argument("--chosen-on", default=None, help="how --cast-shift was chosen (goes to the card)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache", default="/tmp/photo-cache", help="where the catalogue's Debian packages are unpacked")
-    ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    bank_tool_setup(args)
     looks = PhotoLooks.from_photos(args.cache, identity_prob=0.25, perturb_prob=0.3, cast_prob=args.cast_prob,
                                    jpeg_prob=args.jpeg_prob)
     print(add_cast_head(args.weights, args.out, looks, samples=args.samples, epochs=args.epochs, seed=args.seed,

@@ -18,7 +18,6 @@ refitting them.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -31,6 +30,8 @@ from chromabeam.models.train_restorer import (
     PhotoLooks,
     bank_filter_names,
     bank_model,
+    bank_tool_parser,
+    bank_tool_setup,
     fit_bank_grids,
     spread,
     with_new_bank_head,
@@ -94,23 +95,16 @@ def copy_bank_grids(weights: str, source: str, out: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m chromabeam.models.bank_grids", description=__doc__.split("\n\n")[0])
-    ap.add_argument("weights")
-    ap.add_argument("out")
+    ap = bank_tool_parser("bank_grids", __doc__)
     ap.add_argument("--photos", type=int, default=64, help="TRAIN photos the grids are fitted on")
     ap.add_argument("--steps", type=int, default=200, help="Adam steps per fit")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache", default="/tmp/photo-cache", help="where the catalogue's Debian packages are unpacked")
-    ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--copy-from", metavar="SOURCE", default=None,
                     help="copy the grids (and refitted tables) SOURCE's fit made for the same bank; fit nothing")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    bank_tool_setup(args)
     if args.copy_from:
         print(copy_bank_grids(args.weights, args.copy_from, args.out))
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
     looks = PhotoLooks.from_photos(args.cache)
     chosen = spread(args.photos, len(looks))
     print(add_bank_grids(args.weights, args.out, [looks.images[i] for i in chosen], [looks.names[i] for i in chosen],

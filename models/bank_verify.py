@@ -23,7 +23,6 @@ in the weights is kept bit for bit; the card gets a ``bank_verify`` entry.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -34,7 +33,15 @@ import torch
 
 from chromabeam.models.registry import build_model, derived_card, save_weights
 from chromabeam.models.restorer import Restorer
-from chromabeam.models.train_restorer import PhotoLooks, bank_filter_names, bank_model, fit_head, with_new_bank_head
+from chromabeam.models.train_restorer import (
+    PhotoLooks,
+    bank_filter_names,
+    bank_model,
+    bank_tool_parser,
+    bank_tool_setup,
+    fit_head,
+    with_new_bank_head,
+)
 from chromabeam.transforms import storage
 from chromabeam.transforms.ops.metrics import psnr
 
@@ -181,9 +188,7 @@ def add_verifier(weights: str, out: str, looks: PhotoLooks, *, candidates: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m chromabeam.models.bank_verify", description=__doc__.split("\n\n")[0])
-    ap.add_argument("weights")
-    ap.add_argument("out")
+    ap = bank_tool_parser("bank_verify", __doc__)
     ap.add_argument("--candidates", type=int, default=5, help="most probable filters re-scored per image")
     ap.add_argument("--samples", type=int, default=24000, help="looks the verifier is trained on")
     ap.add_argument("--cast-prob", type=float, default=0.1, help="share of those looks that are casts")
@@ -192,13 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="weight of the verifier's score against log P (default 1); on weights that already have "
                          "a verifier, only this is changed")
     ap.add_argument("--chosen-on", default=None, help="how --beta was chosen (goes to the card)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache", default="/tmp/photo-cache", help="where the catalogue's Debian packages are unpacked")
-    ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    bank_tool_setup(args)
     if args.beta is not None and getattr(build_model(args.weights, "cpu"), "bank_verify", 0):
         print(set_beta(args.weights, args.out, args.beta, args.chosen_on))
         return 0

@@ -361,6 +361,25 @@ def bank_filter_names(model: Restorer) -> list[str]:
     return list(filters)
 
 
+def bank_tool_parser(tool: str, doc: str) -> argparse.ArgumentParser:
+    """The command line every ``models.bank_*`` tool starts from: WEIGHTS OUT, ``--seed``,
+    ``--cache`` (the catalogue's Debian packages) and ``--threads``; see ``bank_tool_setup``."""
+    ap = argparse.ArgumentParser(prog=f"python -m chromabeam.models.{tool}", description=doc.split("\n\n")[0])
+    ap.add_argument("weights")
+    ap.add_argument("out")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", default=DEFAULT_PHOTO_CACHE, help="where the catalogue's Debian packages are unpacked")
+    ap.add_argument("--threads", type=int, default=0)
+    return ap
+
+
+def bank_tool_setup(args: argparse.Namespace) -> None:
+    """Logging to stderr at INFO, and ``--threads`` torch threads (0: torch's default)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
 def bank_model(weights: str, tool: str) -> Restorer:
     """The restorer with a filter bank at ``weights`` (CPU), or a ValueError naming ``tool``."""
     from chromabeam.models.registry import build_model
