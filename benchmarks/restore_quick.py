@@ -6,7 +6,7 @@ checkpoints; ``benchmarks/restore_quality.py`` is the benchmark.
 
     python benchmarks/restore_quick.py WEIGHTS.safetensors|CHECKPOINT_DIR [--size 512]
         [--photos eval|holdout:FRACTION|packages:NAME,…] [--bank-temperature T] [--bank-none-shift D]
-        [--bank-cast-shift S] [--bank-verify-beta B] [--jpeg QUALITY] [--known-filter]
+        [--bank-cast-shift S] [--bank-verify-beta B] [--bank-crops F] [--jpeg QUALITY] [--known-filter]
         [--oracle-candidates K]
 
 A CHECKPOINT_DIR is a ``chromabeam train restorer`` checkpoint folder (``model.safetensors``
@@ -21,7 +21,8 @@ also scores the IFFI looks with the model told the filter (``Restorer.predict(kn
 is (an oracle choosing: the room a second opinion such as ``bank_verify`` has).
 Settings such as the
 bank's calibration (``--bank-temperature``/``--bank-none-shift``/``--bank-cast-shift``, applied with
-``Restorer.calibrate_bank`` before scoring) and the verifier's β (``--bank-verify-beta``) are
+``Restorer.calibrate_bank`` before scoring), the verifier's β (``--bank-verify-beta``) and the
+classifiers' crops (``--bank-crops``) are
 chosen there, never on EVAL.
 """
 from __future__ import annotations
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bank-cast-shift", type=float, default=0.0, help="added to the cast head's logit (bank_casts)")
     ap.add_argument("--bank-verify-beta", type=float, default=None,
                     help="the verifier's weight against the classifier's log P (bank_verify; 0: the classifier alone)")
+    ap.add_argument("--bank-crops", type=float, default=None, metavar="F",
+                    help="the bank classifiers also read four corner crops of F of each side (Restorer bank_crops; "
+                         "0: the whole view alone)")
     ap.add_argument("--jpeg", type=int, default=0, metavar="QUALITY",
                     help="round-trip every input through a JPEG of this quality (4:2:0) before restoring")
     ap.add_argument("--known-filter", action="store_true",
@@ -89,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--bank-verify-beta needs a model with a verifier (bank_verify)")
         model.bank_verify_beta.fill_(args.bank_verify_beta)
         label += f" (verifier beta {args.bank_verify_beta:g})"
+    if args.bank_crops is not None:
+        if not getattr(model, "bank_size", 0) or not (args.bank_crops == 0 or 0 < args.bank_crops < 1):
+            ap.error("--bank-crops needs a model with a filter bank and F = 0 or in (0, 1)")
+        model.bank_crops = args.bank_crops
+        label += f" (bank crops {args.bank_crops:g})"
     if args.bank_temperature != 1.0 or args.bank_none_shift or args.bank_cast_shift:
         model.calibrate_bank(args.bank_temperature, args.bank_none_shift, args.bank_cast_shift)
         label += (f" (bank temperature {args.bank_temperature:g}, none shift {args.bank_none_shift:g}"

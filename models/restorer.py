@@ -38,6 +38,11 @@ Instagram-style filters are mostly global tone/colour curves plus smooth spatial
     gets a second opinion: the K most probable filters and "no bank entry" each restore
     the view, the verifier scores the restorations, and those candidates' mass is shared
     again as P · exp(β · score) (``verify_probs``; measured, not shipped: docs/restorer.md).
+    With ``bank_crops=f`` (0 < f < 1) the classifiers also read four corner crops of the
+    image, each ``f`` of its height and width (``bank_crop_views``), and their class
+    probabilities are the normalised geometric mean over the whole view and the crops: a
+    filter is the same in every part of a photo while the scene is not, so a class that
+    only one part's colours suggest loses its weight (docs/restorer.md measures it).
     The bank is trained apart from the rest (``train_restorer.train_bank``,
     ``train_restorer.train_cast_head``, ``models.bank_verify``).
 
@@ -140,6 +145,7 @@ class Restorer(nn.Module):
         bank_grids: bool = False,
         bank_casts: bool = False,
         bank_verify: int = 0,
+        bank_crops: float = 0.0,
     ):
         super().__init__()
         if (lut_size < 2 or lut_basis < 1 or grid_size < 1 or grid_bins < 1 or view_size < 32 or width < 1
@@ -154,6 +160,8 @@ class Restorer(nn.Module):
         if bank < 0 or bank_heads < 1 or bank_verify < 0:
             raise ValueError(f"Restorer: bank and bank_verify must be >= 0 and bank_heads >= 1, "
                              f"got {bank}, {bank_verify}, {bank_heads}")
+        if not (bank_crops == 0.0 or 0.0 < bank_crops < 1.0):
+            raise ValueError(f"Restorer: bank_crops must be 0 (off) or a fraction in (0, 1), got {bank_crops}")
         self.encoder_kind = encoder
         self.lut_size, self.lut_basis_count = int(lut_size), int(lut_basis)
         self.grid_size, self.grid_bins = int(grid_size), int(grid_bins)
@@ -204,6 +212,7 @@ class Restorer(nn.Module):
         self.bank_grids = bool(bank_grids) and self.bank_size > 0
         self.bank_casts = bool(bank_casts) and self.bank_size > 0
         self.bank_verify = min(int(bank_verify), self.bank_size)
+        self.bank_crops = float(bank_crops) if self.bank_size else 0.0
         if self.bank_size:
             # The filter bank: fixed inverse LUTs (as residuals from the identity) and a
             # classifier on the view's standardised colour statistics → "which filter, how
@@ -300,6 +309,7 @@ class Restorer(nn.Module):
             **({"bank_grids": True} if self.bank_grids else {}),
             **({"bank_casts": True} if self.bank_casts else {}),
             **({"bank_verify": self.bank_verify} if self.bank_verify else {}),
+            **({"bank_crops": self.bank_crops} if self.bank_crops else {}),
         }
 
     @staticmethod
@@ -317,6 +327,22 @@ class Restorer(nn.Module):
             return x
         return F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
 
+    def bank_crop_views(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``(B, 3, H, W)`` → the four corner crops the bank's classifiers also read
+        (``bank_crops`` of each side), each resized like ``view``: ``(B, 4, 3, s, s)``;
+        None when ``bank_crops`` is off."""
+        if not self.bank_crops:
+            return None
+        self._check(x, "bank_crop_views")
+        boxes = self.bank_crop_boxes(*x.shape[-2:])
+        return torch.stack([self.view(x[..., t:t + ch, l:l + cw]) for t, l, ch, cw in boxes], dim=1)
+
+    def bank_crop_boxes(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
+        """The four corner crops of a ``height`` × ``width`` image that ``bank_crops``
+        reads, as (top, left, crop height, crop width)."""
+        ch, cw = max(1, int(height * self.bank_crops)), max(1, int(width * self.bank_crops))
+        return [(t, l, ch, cw) for t in (0, height - ch) for l in (0, width - cw)]
+
     def encode(self, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder features of a view: stride-16 map ``(B, 112, h, w)`` and the pooled head
         ``(B, 1280)`` (``"stats"``: cell statistics ``(B, 7, G, G)`` and global statistics
@@ -327,14 +353,17 @@ class Restorer(nn.Module):
         return f16, f32.mean(dim=(2, 3))
 
     def heads(self, view: torch.Tensor, f16: torch.Tensor, pooled: torch.Tensor, *,
-              known_bank: torch.Tensor | None = None, record: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              known_bank: torch.Tensor | None = None, record: dict | None = None,
+              crop_views: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """View + encoder features → LUT ``(B, 3, S, S, S)`` and grid ``(B, 12, D, G, G)``.
         ``known_bank`` ``(B, bank)``: the bank entries' weights to use instead of what the
         classifier recognises, and no cast — the model told the look (a diagnostic: how much
         of blind removal is recognition). ``record`` (a dict): filled with what the bank
         recognised — ``bank_probs`` / ``bank_strength`` ``(B, bank)`` (averaged over the
         classifiers, after the verifier), with a cast head ``cast_weight`` ``(B,)`` and
-        ``cast_log_gains`` ``(B, 3)`` — for a manifest to report per image."""
+        ``cast_log_gains`` ``(B, 3)`` — for a manifest to report per image. ``crop_views``
+        ``(B, n, 3, s, s)`` (``bank_crop_views``): more views of each image for the
+        classifiers (``_bank_probs``); without them they read the whole view alone."""
         stats = self.encoder is None
         if self.hist_bins and not stats:
             pooled = torch.cat([pooled, soft_histogram(view, self.hist_bins)], dim=1)
@@ -347,7 +376,9 @@ class Restorer(nn.Module):
                 bank_w = known_bank.to(lut)
             else:
                 feats = self.bank_inputs(view, pooled if stats else None)
-                probs = self._bank_probs(feats)  # once: the filters' and the cast's weights both need them
+                crop_feats = None if crop_views is None else self.bank_inputs(crop_views.flatten(0, 1))
+                # once: the filters' and the cast's weights both need them
+                probs = self._bank_probs(feats, crop_feats)
                 if self.bank_verify:
                     probs = self.verify_probs(view, f16, pooled, feats, probs)
                 bank_w = self.bank_weights(feats, probs)
@@ -408,12 +439,24 @@ class Restorer(nn.Module):
         out = self.bank_head_list()[head]((feats - self.bank_mean) / self.bank_scale)
         return out[:, : self.bank_classes], out[:, self.bank_classes:]
 
-    def _bank_probs(self, feats: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``(B, F)`` → per classifier (P(filter) ``(B, bank)``, predicted strength ``(B, bank)``)."""
+    def _bank_probs(self, feats: torch.Tensor,
+                    crop_feats: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(B, F)`` → per classifier (P(filter) ``(B, bank)``, predicted strength ``(B, bank)``).
+        With ``crop_feats`` ``(B·n, F)`` (n more views of each image, image-major), the
+        class probabilities are the normalised geometric mean over the n + 1 views (the
+        mean of their log-probabilities, softmaxed again) and the strengths their mean."""
         out = []
         for h in range(self.bank_head_count):
             logits, strength = self.bank_logits(feats, h)
-            out.append((logits.softmax(dim=1)[:, 1:1 + self.bank_size], torch.sigmoid(strength)))
+            if crop_feats is None:
+                p, s = logits.softmax(dim=1), torch.sigmoid(strength)
+            else:
+                b = logits.shape[0]
+                c_logits, c_strength = self.bank_logits(crop_feats, h)
+                logp = torch.cat([logits.log_softmax(dim=1)[:, None], c_logits.log_softmax(dim=1).view(b, -1, logits.shape[1])], 1)
+                p = logp.mean(dim=1).softmax(dim=1)
+                s = torch.cat([strength[:, None], c_strength.view(b, -1, strength.shape[1])], 1).sigmoid().mean(dim=1)
+            out.append((p[:, 1:1 + self.bank_size], s))
         return out
 
     def bank_weights(self, feats: torch.Tensor,
@@ -558,7 +601,8 @@ class Restorer(nn.Module):
         """``(B, 3, H, W)`` → LUT ``(B, 3, S, S, S)`` and grid ``(B, 12, D, G, G)``
         (``known_bank``: see ``heads``)."""
         view = self.view(x)
-        return self.heads(view, *self.encode(view), known_bank=known_bank)
+        crops = self.bank_crop_views(x) if known_bank is None else None
+        return self.heads(view, *self.encode(view), known_bank=known_bank, crop_views=crops)
 
     def apply(
         self, x: torch.Tensor, lut: torch.Tensor, grid: torch.Tensor, *, window: tuple[int, int, int, int] | None = None

@@ -92,7 +92,7 @@ def restore_pixels(model: torch.nn.Module, images: Sequence[np.ndarray], device:
     with torch.inference_mode():
         xs = [_float(im, device) for im in images]
         views = torch.cat([model.view(x) for x in xs])
-        luts, grids = model.heads(views, *model.encode(views), record=record)
+        luts, grids = model.heads(views, *model.encode(views), record=record, crop_views=_crop_views(model, xs))
         if recognised is not None:
             recognised.extend(recognition(model, record, len(images)))
         for i, x in enumerate(xs):
@@ -103,6 +103,14 @@ def restore_pixels(model: torch.nn.Module, images: Sequence[np.ndarray], device:
     return out
 
 
+def _crop_views(model: torch.nn.Module, xs: list[torch.Tensor]) -> torch.Tensor | None:
+    """The bank classifiers' extra views of each image (``Restorer.bank_crop_views``),
+    stacked; None for a model without ``bank_crops``."""
+    if not getattr(model, "bank_crops", 0):
+        return None
+    return torch.cat([model.bank_crop_views(x) for x in xs])
+
+
 def _float(im: np.ndarray, device: torch.device) -> torch.Tensor:
     # uint8 crosses to the device (a quarter of float32's bytes); to_float's copy rule
     a = im if im.flags.writeable and im.flags.c_contiguous else np.array(im)
@@ -111,7 +119,9 @@ def _float(im: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def restore_pixels_fast(model: torch.nn.Module, images: Sequence[np.ndarray], device: torch.device,
                         low_side: int = LOW_SIDE, *, recognised: list | None = None) -> list[np.ndarray]:
-    """The 8-bit CPU path of ``restore_pixels``: views resized by Pillow; per image
+    """The 8-bit CPU path of ``restore_pixels``: the view (and with ``bank_crops`` its
+    corner crops) resized by Pillow straight from the full-size image — one resample, as
+    the exact path makes it, so both paths recognise the same look; per image
     ``LUT(x + up(A(x_low) − x_low))`` — the grid's local affine ``A`` computed exactly at
     ``low_side`` px and its correction upsampled (vignettes and gradients vary slowly),
     then the residual's bilinear upsample and the LUT in one compiled pass over the
@@ -119,15 +129,19 @@ def restore_pixels_fast(model: torch.nn.Module, images: Sequence[np.ndarray], de
     than ``low_side`` are mapped exactly. docs/restorer.md measures speed and the
     difference to the exact path."""
     s = model.view_size
-    smalls = []
-    for im in images:  # one shrink of each full-size image; the view is made from it
+    smalls, views, crops = [], [], []
+    for im in images:  # the views straight from the full-size image, as the exact path makes them
         h, w = im.shape[:2]
-        scale = max(low_side, s) / max(h, w)
+        views.append(resize_uint8(im, (s, s)))
+        if getattr(model, "bank_crops", 0):
+            crops += [resize_uint8(im[t:t + ch, l:l + cw], (s, s)) for t, l, ch, cw in model.bank_crop_boxes(h, w)]
+        scale = low_side / max(h, w)
         smalls.append(im if scale >= 1.0 else resize_uint8(im, (max(1, round(w * scale)), max(1, round(h * scale)))))
     out, record = [], {} if recognised is not None else None
     with torch.inference_mode():
-        views = torch.cat([_float(resize_uint8(sm, (s, s)), device) for sm in smalls])
-        luts, grids = model.heads(views, *model.encode(views), record=record)
+        views = torch.cat([_float(v, device) for v in views])
+        crops = torch.cat([_float(c, device) for c in crops]).view(len(images), -1, 3, s, s) if crops else None
+        luts, grids = model.heads(views, *model.encode(views), record=record, crop_views=crops)
         if recognised is not None:
             recognised.extend(recognition(model, record, len(images)))
         for i, (im, small) in enumerate(zip(images, smalls)):
@@ -137,9 +151,6 @@ def restore_pixels_fast(model: torch.nn.Module, images: Sequence[np.ndarray], de
                 out.append(to_uint8(model.apply(_float(im, device), lut, grid)[0]))
                 continue
             table = lut[0].permute(1, 2, 3, 0).cpu().numpy()  # (3, b, g, r) → (b, g, r, 3)
-            if max(small.shape[:2]) > low_side:
-                scale = low_side / max(h, w)
-                small = resize_uint8(small, (max(1, round(w * scale)), max(1, round(h * scale))))
             xs = _float(small, device)
             local = (model.apply_local(xs, grid) - xs)[0].permute(1, 2, 0).cpu().numpy()
             out.append(residual_lut_uint8(im, table, local if np.abs(local).max() >= 0.5 / 255 else None))
