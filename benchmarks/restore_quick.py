@@ -1,12 +1,13 @@
-"""A quick restorer check for training runs (~30 s): the EVAL photos at 512 px, the 16 IFFI
-filters at full strength, 4 unseen procedural grades, 3 white-balance casts (channel gains:
-warm, cool, mildly warm), and clean photos (identity) —
+"""A quick restorer check for training runs (~40 s): the EVAL photos at 512 px, the 16 IFFI
+filters at full strength (and, on a line of its own, at half strength), 4 unseen procedural
+grades, 3 white-balance casts (channel gains: warm, cool, mildly warm), and clean photos
+(identity) —
 mean PSNR of doing nothing and of the model. No oracle, no SSIM/ΔE: for comparing
 checkpoints; ``benchmarks/restore_quality.py`` is the benchmark.
 
     python benchmarks/restore_quick.py WEIGHTS.safetensors|CHECKPOINT_DIR [--size 512]
         [--photos eval|holdout:FRACTION|packages:NAME,…] [--bank-temperature T] [--bank-none-shift D]
-        [--bank-cast-shift S] [--bank-verify-beta B] [--bank-crops F] [--jpeg QUALITY] [--known-filter]
+        [--bank-cast-shift S] [--bank-strength-shift B] [--bank-verify-beta B] [--bank-crops F] [--jpeg QUALITY] [--known-filter]
         [--oracle-candidates K]
 
 A CHECKPOINT_DIR is a ``chromabeam train restorer`` checkpoint folder (``model.safetensors``
@@ -20,7 +21,8 @@ also scores the IFFI looks with the model told the filter (``Restorer.predict(kn
 1 / 3 / 5 / K and how good the best of "no bank entry" + those candidates' restorations
 is (an oracle choosing: the room a second opinion such as ``bank_verify`` has).
 Settings such as the
-bank's calibration (``--bank-temperature``/``--bank-none-shift``/``--bank-cast-shift``, applied with
+bank's calibration (``--bank-temperature``/``--bank-none-shift``/``--bank-cast-shift``/
+``--bank-strength-shift``, applied with
 ``Restorer.calibrate_bank`` before scoring), the verifier's β (``--bank-verify-beta``) and the
 classifiers' crops (``--bank-crops``) are
 chosen there, never on EVAL.
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bank-temperature", type=float, default=1.0)
     ap.add_argument("--bank-none-shift", type=float, default=0.0)
     ap.add_argument("--bank-cast-shift", type=float, default=0.0, help="added to the cast head's logit (bank_casts)")
+    ap.add_argument("--bank-strength-shift", type=float, default=0.0, help="added to the classifiers' strength logits")
     ap.add_argument("--bank-verify-beta", type=float, default=None,
                     help="the verifier's weight against the classifier's log P (bank_verify; 0: the classifier alone)")
     ap.add_argument("--bank-crops", type=float, default=None, metavar="F",
@@ -98,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--bank-crops needs a model with a filter bank and F = 0 or in (0, 1)")
         model.bank_crops = args.bank_crops
         label += f" (bank crops {args.bank_crops:g})"
-    if args.bank_temperature != 1.0 or args.bank_none_shift or args.bank_cast_shift:
-        model.calibrate_bank(args.bank_temperature, args.bank_none_shift, args.bank_cast_shift)
+    if args.bank_temperature != 1.0 or args.bank_none_shift or args.bank_cast_shift or args.bank_strength_shift:
+        model.calibrate_bank(args.bank_temperature, args.bank_none_shift, args.bank_cast_shift, args.bank_strength_shift)
         label += (f" (bank temperature {args.bank_temperature:g}, none shift {args.bank_none_shift:g}"
-                  + (f", cast shift {args.bank_cast_shift:g})" if args.bank_cast_shift else ")"))
+                  + (f", cast shift {args.bank_cast_shift:g}" if args.bank_cast_shift else "")
+                  + (f", strength shift {args.bank_strength_shift:g}" if args.bank_strength_shift else "") + ")")
     cache = photos.fetch_debian(os.environ.get("CHROMABEAM_PHOTO_CACHE", "/tmp/photo-cache"))
     if args.photos == "eval":
         chosen = photos.split()[1]
@@ -137,12 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     grades = [score(lambda c, s=s: apply_grade(c, sample_grade(np.random.default_rng(GRADE_SEED + s)), 1.0))
               for s in range(4)]
     casts = [score(lambda c, g=g: apply_cast(c, {"gains": g}).clamp(0, 1)) for g in CASTS]
+    half = [score(lambda c, f=f: apply_filter(c, f, 0.5)) for f in IFFI_FILTERS]
     clean_in, identity = score(lambda c: c)  # clean_in: ∞ unless the input went through a JPEG
     print(f"{label}: IFFI nothing {np.mean([a for a, _ in filters]):.2f} model {np.mean([b for _, b in filters]):.2f} | "
           f"grades nothing {np.mean([a for a, _ in grades]):.2f} model {np.mean([b for _, b in grades]):.2f} | "
           f"casts nothing {np.mean([a for a, _ in casts]):.2f} model {np.mean([b for _, b in casts]):.2f} | "
           f"identity {identity:.2f}" + (f" (its JPEG input {clean_in:.2f})" if args.jpeg else "")
           + f"  [{time.time() - t:.0f} s]")
+    print(f"IFFI at half strength (a milder use of the filters; what a strength calibration can cost): "
+          f"nothing {np.mean([a for a, _ in half]):.2f} model {np.mean([b for _, b in half]):.2f}")
     print("per filter (model − nothing, dB):", " ".join(f"{f}:{b - a:+.1f}" for f, (a, b) in zip(IFFI_FILTERS, filters)))
     print("per cast (model − nothing, dB):", " ".join(f"{g}:{b - a:+.1f}" for g, (a, b) in zip(CASTS, casts)))
     if args.known_filter:

@@ -1,13 +1,21 @@
 """Recalibrate a trained restorer's filter-bank classifier without retraining it.
 
-    python -m chromabeam.models.calibrate_restorer WEIGHTS OUT --bank-temperature T \\
-        --bank-none-shift D --chosen-on "how T and D were chosen"
+    python -m chromabeam.models.calibrate_restorer WEIGHTS OUT [--bank-temperature T]
+        [--bank-none-shift D] [--bank-strength-shift B] [--bank-crops F] [--on-top]
+        --chosen-on "how the values were chosen"
 
 ``Restorer.calibrate_bank`` rescales the classifier's last layer ("no filter" logit − D,
-then class logits ÷ T); the result is saved through the registry under its new content
-name, with the original card plus a ``bank_calibration`` entry (values, how they were
-chosen, the weights they were applied to). Choose T and D on photos the model never saw
-and that are not EVAL photos (``benchmarks/restore_quick.py --photos …``).
+then class logits ÷ T, strength logits + B); ``--bank-crops F`` sets the model's
+``bank_crops`` (the classifiers also read four corner crops of F of each side). The
+result is saved through the registry under its new content name, with the original card
+plus a ``bank_calibration`` entry (values, how they were chosen, the weights they were
+applied to). Choose the values on photos the model never saw and that are not EVAL
+photos (``benchmarks/restore_quick.py --photos …``).
+
+Weights that are already calibrated are refused — calibrating twice compounds — unless
+``--on-top`` says that is meant: the new values then apply to the calibrated logits
+(T and D compose as T₀·T and D₀ + T₀·D) and the card keeps the earlier entry under
+``bank_calibration.previous``.
 """
 from __future__ import annotations
 
@@ -18,31 +26,50 @@ from chromabeam.models.registry import build_model, derived_card, save_weights
 from chromabeam.transforms import storage
 
 
-def calibrate(weights: str, out: str, temperature: float, none_shift: float, chosen_on: str) -> str:
+def calibrate(weights: str, out: str, temperature: float, none_shift: float, chosen_on: str, *,
+              strength_shift: float = 0.0, crops: float | None = None, on_top: bool = False) -> str:
     """Calibrated copy of ``weights`` saved under ``out``; returns its URL."""
     model = build_model(weights, "cpu")
     if model.weights_config.get("model") != "restorer":
         raise ValueError(f"calibrate_restorer: {storage.redact(weights)} holds a "
                          f"{model.weights_config.get('model')!r} model, not a restorer")
-    if model.weights_card.get("bank_calibration"):
+    previous = model.weights_card.get("bank_calibration")
+    if previous and not on_top:
         raise ValueError(f"calibrate_restorer: {storage.redact(weights)} is already calibrated "
-                         f"({model.weights_card['bank_calibration']}); calibrate the weights it came from")
-    model.calibrate_bank(temperature, none_shift)
+                         f"({previous}); calibrate the weights it came from, or pass --on-top")
+    model.calibrate_bank(temperature, none_shift, strength_shift=strength_shift)
+    config = dict(model.weights_config)
+    if crops is not None:
+        if not (crops == 0 or 0 < crops < 1):
+            raise ValueError(f"calibrate_restorer: --bank-crops must be 0 (off) or a fraction in (0, 1), got {crops}")
+        model.bank_crops = float(crops)
+        config.pop("bank_crops", None)
+        config.update({"bank_crops": float(crops)} if crops else {})
     card, applied_to = derived_card(model, weights)
-    card["bank_calibration"] = {"temperature": temperature, "none_shift": none_shift, "chosen_on": chosen_on,
-                                "applied_to": applied_to}
-    return save_weights(model, model.weights_config, out, card)
+    entry = {"temperature": temperature, "none_shift": none_shift}
+    if strength_shift:
+        entry["strength_shift"] = strength_shift
+    if crops is not None:
+        entry["crops"] = float(crops)
+    card["bank_calibration"] = {**entry, "chosen_on": chosen_on, "applied_to": applied_to,
+                                **({"previous": previous} if previous else {})}
+    return save_weights(model, config, out, card)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m chromabeam.models.calibrate_restorer", description=__doc__.split("\n\n")[0])
     ap.add_argument("weights")
     ap.add_argument("out")
-    ap.add_argument("--bank-temperature", type=float, required=True)
+    ap.add_argument("--bank-temperature", type=float, default=1.0)
     ap.add_argument("--bank-none-shift", type=float, default=0.0)
+    ap.add_argument("--bank-strength-shift", type=float, default=0.0)
+    ap.add_argument("--bank-crops", type=float, default=None, metavar="F",
+                    help="the classifiers also read four corner crops of F of each side (0: off)")
+    ap.add_argument("--on-top", action="store_true", help="calibrate weights that are already calibrated")
     ap.add_argument("--chosen-on", required=True, help="how the values were chosen (goes to the card)")
     args = ap.parse_args(argv)
-    print(calibrate(args.weights, args.out, args.bank_temperature, args.bank_none_shift, args.chosen_on))
+    print(calibrate(args.weights, args.out, args.bank_temperature, args.bank_none_shift, args.chosen_on,
+                    strength_shift=args.bank_strength_shift, crops=args.bank_crops, on_top=args.on_top))
     return 0
 
 

@@ -546,12 +546,15 @@ class Restorer(nn.Module):
         scale = torch.exp(-log_gains) - 1.0
         return self._lut_identity * scale[:, :, None, None, None]
 
-    def calibrate_bank(self, temperature: float = 1.0, none_shift: float = 0.0, cast_shift: float = 0.0) -> None:
+    def calibrate_bank(self, temperature: float = 1.0, none_shift: float = 0.0, cast_shift: float = 0.0,
+                       strength_shift: float = 0.0) -> None:
         """Rescale what the classifiers say, in their last layer (so the weights file carries
         it): class 0's ("no filter") logit − ``none_shift`` (> 0: fewer photos read as
         clean), then the class logits ÷ ``temperature`` (< 1 commits harder to the top
-        class); with ``bank_casts`` the cast logit + ``cast_shift`` (> 0: more views read
-        as casts). Strength logits and gains are left alone. Chosen on held-out photos
+        class); the strength logits + ``strength_shift`` (> 0: filters read as stronger —
+        the regression, trained on strengths 0.4–1, pulls a look it is unsure of toward
+        the middle); with ``bank_casts`` the cast logit + ``cast_shift`` (> 0: more views
+        read as casts). Gains are left alone. Chosen on held-out photos
         (``benchmarks/restore_quick.py --photos holdout:F``)."""
         if not self.bank_size:
             raise ValueError("Restorer.calibrate_bank: this model has no filter bank")
@@ -564,6 +567,7 @@ class Restorer(nn.Module):
                 last.bias[0] -= none_shift
                 last.weight[:n] /= temperature
                 last.bias[:n] /= temperature
+                last.bias[n:] += strength_shift
             if cast_shift:
                 if not self.bank_casts:
                     raise ValueError("Restorer.calibrate_bank: cast_shift needs a model with bank_casts")
