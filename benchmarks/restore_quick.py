@@ -7,8 +7,8 @@ checkpoints; ``benchmarks/restore_quality.py`` is the benchmark.
 
     python benchmarks/restore_quick.py WEIGHTS.safetensors|CHECKPOINT_DIR [--size 512]
         [--photos eval|holdout:FRACTION|packages:NAME,…] [--bank-temperature T] [--bank-none-shift D]
-        [--bank-cast-shift S] [--bank-strength-shift B] [--bank-verify-beta B] [--bank-crops F] [--jpeg QUALITY] [--known-filter]
-        [--oracle-candidates K]
+        [--bank-cast-shift S] [--bank-strength-shift B] [--bank-verify-beta B] [--bank-crops F]
+        [--path exact|fast] [--jpeg QUALITY] [--known-filter] [--oracle-candidates K]
 
 A CHECKPOINT_DIR is a ``chromabeam train restorer`` checkpoint folder (``model.safetensors``
 + ``state.json``). ``--photos holdout:F`` scores the TRAIN photos that ``chromabeam train
@@ -17,6 +17,8 @@ TRAIN photos of those packages, e.g. ones added to the catalogue after a model w
 trained); ``--jpeg Q`` saves every input (filtered, graded or clean) as a JPEG of quality Q
 and decodes it before the model sees it, as photos arrive in practice; ``--known-filter``
 also scores the IFFI looks with the model told the filter (``Restorer.predict(known_bank=…)``);
+``--path fast`` restores through ``restore_pixels``' 8-bit CPU path (what ``chromabeam
+restore`` runs on CPU) instead of the model's float forward pass;
 ``--oracle-candidates K`` says how often the true filter is among the classifier's top
 1 / 3 / 5 / K and how good the best of "no bank entry" + those candidates' restorations
 is (an oracle choosing: the room a second opinion such as ``bank_verify`` has).
@@ -44,6 +46,7 @@ from chromabeam.models.train_restorer import apply_cast, bank_filter_names, jpeg
 from chromabeam.transforms.ops.filters import IFFI_FILTERS, apply_filter
 from chromabeam.transforms.ops.grades import apply_grade, sample_grade
 from chromabeam.transforms.ops.metrics import psnr
+from chromabeam.transforms.restore_handler import restore_pixels
 from restore_quality import CASTS, GRADE_SEED, _q8, _tensor  # the full benchmark's seeds and conversions (same folder)
 
 
@@ -80,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bank-crops", type=float, default=None, metavar="F",
                     help="the bank classifiers also read four corner crops of F of each side (Restorer bank_crops; "
                          "0: the whole view alone)")
+    ap.add_argument("--path", choices=("exact", "fast"), default="exact",
+                    help="exact: the model's float forward pass; fast: restore_pixels' 8-bit CPU path, what "
+                         "`chromabeam restore` runs on CPU by default (the IFFI/grades/casts/identity looks only)")
     ap.add_argument("--jpeg", type=int, default=0, metavar="QUALITY",
                     help="round-trip every input through a JPEG of this quality (4:2:0) before restoring")
     ap.add_argument("--known-filter", action="store_true",
@@ -121,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ap.error(f"--photos must be eval, holdout:FRACTION or packages:NAME[,NAME…], got {args.photos!r}")
     evals = [_tensor(photos.load(p, cache, args.size)) for p in chosen]
+    cpu = torch.device("cpu")
+    if args.path == "fast":
+        label += " (8-bit fast path)"
     if args.jpeg:
         if not 1 <= args.jpeg <= 100:
             ap.error(f"--jpeg must be a quality in [1, 100], got {args.jpeg}")
@@ -131,7 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         for clean in evals:
             x = jpeg_round_trip(_q8(look(clean)), args.jpeg) if args.jpeg else _q8(look(clean))
             with torch.inference_mode():
-                y = _q8(model(x) if known is None else model.apply(x, *model.predict(x, known_bank=known)))
+                if known is not None:
+                    y = _q8(model.apply(x, *model.predict(x, known_bank=known)))
+                elif args.path == "fast":
+                    im = restore_pixels(model, [x[0].permute(1, 2, 0).mul(255).round().byte().numpy()], cpu)[0]
+                    y = torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255
+                else:
+                    y = _q8(model(x))
             nothing.append(float(psnr(x, clean)[0]))
             restored.append(float(psnr(y, clean)[0]))
         return float(np.mean(nothing)), float(np.mean(restored))

@@ -187,3 +187,28 @@ def test_save_refuses_configs_that_do_not_rebuild_the_module(dncm, tmp_path):
 def test_cuda_where_there_is_none_is_an_error(saved):
     with pytest.raises(WeightsError, match="CUDA is not available"):
         build_model(saved, "cuda")
+
+
+def test_a_derived_card_carries_the_sidecar_notes_and_demotes_its_benchmark(tmp_path):
+    """Weights made from other weights without retraining (calibration, added heads) keep
+    what was written into the source's ``.json`` sidecar after it was saved, but the
+    source's benchmark measured the source: it becomes ``previous_benchmark``."""
+    from chromabeam.models.registry import derived_card
+
+    torch.manual_seed(0)
+    model = Restorer(encoder="stats", view_size=64, width=8, lut_basis=2, pretrained=False)
+    url = save_weights(model, model.config, str(tmp_path), {"task": "restore", "steps": 5})
+    sidecar = url[: -len(".safetensors")] + ".json"
+    card = json.loads(open(sidecar).read())
+    card.update({"benchmark": {"iffi": 28.2}, "previous_benchmark": {"iffi": 27.0}, "training_command": ["a", "b"]})
+    open(sidecar, "w").write(json.dumps(card))
+    loaded = build_model(url)
+    derived, applied_to = derived_card(loaded, url)
+    assert derived["training_command"] == ["a", "b"] and derived["steps"] == 5
+    assert derived["previous_benchmark"] == {"weights": os.path.basename(url), "iffi": 28.2}
+    assert "benchmark" not in derived and "sha256" not in derived and loaded.weights_sha256 in applied_to
+    # a sidecar that describes other weights (its sha256 differs) is not read
+    card["sha256"] = "0" * 64
+    open(sidecar, "w").write(json.dumps(card))
+    derived, _ = derived_card(loaded, url)
+    assert "training_command" not in derived and "previous_benchmark" not in derived

@@ -56,10 +56,11 @@ def test_a_restorer_that_changes_nothing_gives_the_identity_look():
     np.testing.assert_allclose(table, identity_table(LOOK_LUT_SIZE), rtol=0, atol=2e-6)
 
 
-# measured with the shipped restorer-41a58a247a14 (gain over doing nothing on the 3
-# photos): 1977 +27.2/+30.7/+26.3 dB, faded +8.5/+9.2/+8.5 (restorer-60d7c4498da1 before
-# it: +26.9/+30.4/+26.2, +4.1/+4.4/+3.9). (A mild `warm` grade gains +0.0–0.1 (+0.2–0.3
-# before): the restorer cannot tell a mild warm cast from the photo's own colours.)
+# measured with the shipped restorer-1c172988f99a (gain over doing nothing on the 3
+# photos): 1977 +26.8/+30.2/+25.8 dB, faded +5.7/+6.2/+5.4 (restorer-41a58a247a14 before
+# it, the same weights calibrated sharper and reading the whole view alone:
+# +27.2/+30.7/+26.3, +8.5/+9.2/+8.5). (A mild `warm` grade gains +0.0–0.1: the restorer
+# cannot tell a mild warm cast from the photo's own colours.)
 @pytest.mark.parametrize("look, least", [("1977", 15.0), ("faded", 2.0)])
 def test_the_fitted_look_moves_other_photos_towards_the_grade(handler_and_model, look, least):
     _, model = handler_and_model
