@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         model.bank_crops = args.bank_crops
         label += f" (bank crops {args.bank_crops:g})"
     if args.bank_temperature != 1.0 or args.bank_none_shift or args.bank_cast_shift or args.bank_strength_shift:
-        model.calibrate_bank(args.bank_temperature, args.bank_none_shift, args.bank_cast_shift, args.bank_strength_shift)
+        model.calibrate_bank(args.bank_temperature, args.bank_none_shift, args.bank_cast_shift,
+                             args.bank_strength_shift)
         label += (f" (bank temperature {args.bank_temperature:g}, none shift {args.bank_none_shift:g}"
                   + (f", cast shift {args.bank_cast_shift:g}" if args.bank_cast_shift else "")
                   + (f", strength shift {args.bank_strength_shift:g}" if args.bank_strength_shift else "") + ")")

@@ -42,7 +42,9 @@ Instagram-style filters are mostly global tone/colour curves plus smooth spatial
     image, each ``f`` of its height and width (``bank_crop_views``), and their class
     probabilities are the normalised geometric mean over the whole view and the crops: a
     filter is the same in every part of a photo while the scene is not, so a class that
-    only one part's colours suggest loses its weight (docs/restorer.md measures it).
+    only one part's colours suggest loses its weight (docs/restorer.md measures it). It is
+    a reading at inference (``predict``, ``restore_pixels``): the trainer reads the whole
+    view, and ``calibrate_restorer --bank-crops`` sets it on trained weights.
     The bank is trained apart from the rest (``train_restorer.train_bank``,
     ``train_restorer.train_cast_head``, ``models.bank_verify``).
 
@@ -453,7 +455,7 @@ class Restorer(nn.Module):
             else:
                 b = logits.shape[0]
                 c_logits, c_strength = self.bank_logits(crop_feats, h)
-                logp = torch.cat([logits.log_softmax(dim=1)[:, None], c_logits.log_softmax(dim=1).view(b, -1, logits.shape[1])], 1)
+                logp = torch.cat([logits[:, None], c_logits.view(b, -1, logits.shape[1])], 1).log_softmax(dim=2)
                 p = logp.mean(dim=1).softmax(dim=1)
                 s = torch.cat([strength[:, None], c_strength.view(b, -1, strength.shape[1])], 1).sigmoid().mean(dim=1)
             out.append((p[:, 1:1 + self.bank_size], s))
