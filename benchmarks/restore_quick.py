@@ -45,6 +45,7 @@ from chromabeam.models.restorer import Restorer
 from chromabeam.models.train_restorer import apply_cast, bank_filter_names, jpeg_round_trip
 from chromabeam.transforms.ops.filters import IFFI_FILTERS, apply_filter
 from chromabeam.transforms.ops.grades import apply_grade, sample_grade
+from chromabeam.transforms.ops.imageio import to_float, to_uint8
 from chromabeam.transforms.ops.metrics import psnr
 from chromabeam.transforms.restore_handler import restore_pixels
 from restore_quality import CASTS, GRADE_SEED, _q8, _tensor  # the full benchmark's seeds and conversions (same folder)
@@ -103,9 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         model.bank_verify_beta.fill_(args.bank_verify_beta)
         label += f" (verifier beta {args.bank_verify_beta:g})"
     if args.bank_crops is not None:
-        if not getattr(model, "bank_size", 0) or not (args.bank_crops == 0 or 0 < args.bank_crops < 1):
-            ap.error("--bank-crops needs a model with a filter bank and F = 0 or in (0, 1)")
-        model.bank_crops = args.bank_crops
+        try:
+            model.set_bank_crops(args.bank_crops)
+        except ValueError as e:
+            ap.error(f"--bank-crops: {e}")
         label += f" (bank crops {args.bank_crops:g})"
     if args.bank_temperature != 1.0 or args.bank_none_shift or args.bank_cast_shift or args.bank_strength_shift:
         model.calibrate_bank(args.bank_temperature, args.bank_none_shift, args.bank_cast_shift,
@@ -144,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 if known is not None:
                     y = _q8(model.apply(x, *model.predict(x, known_bank=known)))
                 elif args.path == "fast":
-                    im = restore_pixels(model, [x[0].permute(1, 2, 0).mul(255).round().byte().numpy()], cpu)[0]
-                    y = torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255
+                    y = to_float(restore_pixels(model, [to_uint8(x[0])], cpu)[0])[None]
                 else:
                     y = _q8(model(x))
             nothing.append(float(psnr(x, clean)[0]))

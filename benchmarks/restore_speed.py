@@ -99,23 +99,16 @@ def stages(model, files: list[bytes], repeats: int) -> list[tuple[str, float]]:
 
     from chromabeam.transforms.ops.lut_kernel import residual_lut_uint8
     from chromabeam.transforms.ops.pixels8 import lut_uint8, resize_uint8
-    from chromabeam.transforms.restore_handler import LOW_SIDE, _float
+    from chromabeam.transforms.restore_handler import LOW_SIDE, _float, fast_views
 
     dev, imgs = torch.device("cpu"), [decode_image(b) for b in files]
     smalls = [resize_uint8(im, (max(1, round(im.shape[1] * LOW_SIDE / max(im.shape[:2]))),
                                 max(1, round(im.shape[0] * LOW_SIDE / max(im.shape[:2]))))) for im in imgs]
-    s = model.view_size
-
-    def make_views(im):  # the view and, with bank_crops, the corner crops: from the full-size image
-        crops = [resize_uint8(im[t:t + ch, l:l + cw], (s, s))
-                 for t, l, ch, cw in (model.bank_crop_boxes(*im.shape[:2]) if model.bank_crops else [])]
-        return resize_uint8(im, (s, s)), crops
-
-    def as_tensors(view, crops):
+    def as_tensors(view, *crops):  # fast_views' uint8 views → the view and the crops as heads takes them
         return _float(view, dev), (torch.cat([_float(c, dev) for c in crops])[None] if crops else None)
 
     with torch.inference_mode():
-        views = [as_tensors(*make_views(im)) for im in imgs]
+        views = [as_tensors(*fast_views(model, im)) for im in imgs]
         preds = [model.heads(v, *model.encode(v), crop_views=c) for v, c in views]
         tables = [lut[0].permute(1, 2, 3, 0).numpy() for lut, _ in preds]
         residuals = [(model.apply_local(_float(sm, dev), grid) - _float(sm, dev))[0].permute(1, 2, 0).numpy()
@@ -134,7 +127,7 @@ def stages(model, files: list[bytes], repeats: int) -> list[tuple[str, float]]:
             ("JPEG decode", per_image(lambda i: decode_image(files[i]))),
             ("JPEG encode q95", per_image(lambda i: encode_image(imgs[i], "jpg", 95))),
             ("view" + (" + 4 corner crops" if model.bank_crops else "") + " from the full image",
-             per_image(lambda i: make_views(imgs[i]))),
+             per_image(lambda i: fast_views(model, imgs[i]))),
             (f"shrink to {LOW_SIDE} px", per_image(lambda i: resize_uint8(imgs[i], smalls[i].shape[1::-1]))),
             ("model: colour statistics + heads", per_image(
                 lambda i: model.heads(views[i][0], *model.encode(views[i][0]), crop_views=views[i][1]))),

@@ -38,13 +38,11 @@ def calibrate(weights: str, out: str, temperature: float, none_shift: float, cho
         raise ValueError(f"calibrate_restorer: {storage.redact(weights)} is already calibrated "
                          f"({previous}); calibrate the weights it came from, or pass --on-top")
     model.calibrate_bank(temperature, none_shift, strength_shift=strength_shift)
-    config = dict(model.weights_config)
     if crops is not None:
-        if not (crops == 0 or 0 < crops < 1):
-            raise ValueError(f"calibrate_restorer: --bank-crops must be 0 (off) or a fraction in (0, 1), got {crops}")
-        model.bank_crops = float(crops)
-        config.pop("bank_crops", None)
-        config.update({"bank_crops": float(crops)} if crops else {})
+        try:
+            model.set_bank_crops(crops)
+        except ValueError as e:
+            raise ValueError(f"calibrate_restorer: --bank-crops: {e}") from None
     card, applied_to = derived_card(model, weights)
     entry = {"temperature": temperature, "none_shift": none_shift}
     if strength_shift:
@@ -53,7 +51,7 @@ def calibrate(weights: str, out: str, temperature: float, none_shift: float, cho
         entry["crops"] = float(crops)
     card["bank_calibration"] = {**entry, "chosen_on": chosen_on, "applied_to": applied_to,
                                 **({"previous": previous} if previous else {})}
-    return save_weights(model, config, out, card)
+    return save_weights(model, model.config, out, card)
 
 
 def main(argv: list[str] | None = None) -> int:

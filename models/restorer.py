@@ -162,8 +162,7 @@ class Restorer(nn.Module):
         if bank < 0 or bank_heads < 1 or bank_verify < 0:
             raise ValueError(f"Restorer: bank and bank_verify must be >= 0 and bank_heads >= 1, "
                              f"got {bank}, {bank_verify}, {bank_heads}")
-        if not (bank_crops == 0.0 or 0.0 < bank_crops < 1.0):
-            raise ValueError(f"Restorer: bank_crops must be 0 (off) or a fraction in (0, 1), got {bank_crops}")
+        bank_crops = self._crop_fraction(bank_crops)
         self.encoder_kind = encoder
         self.lut_size, self.lut_basis_count = int(lut_size), int(lut_basis)
         self.grid_size, self.grid_bins = int(grid_size), int(grid_bins)
@@ -214,7 +213,7 @@ class Restorer(nn.Module):
         self.bank_grids = bool(bank_grids) and self.bank_size > 0
         self.bank_casts = bool(bank_casts) and self.bank_size > 0
         self.bank_verify = min(int(bank_verify), self.bank_size)
-        self.bank_crops = float(bank_crops) if self.bank_size else 0.0
+        self.bank_crops = bank_crops if self.bank_size else 0.0
         if self.bank_size:
             # The filter bank: fixed inverse LUTs (as residuals from the identity) and a
             # classifier on the view's standardised colour statistics → "which filter, how
@@ -328,6 +327,19 @@ class Restorer(nn.Module):
         if x.shape[-2:] == (s, s):
             return x
         return F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+
+    @staticmethod
+    def _crop_fraction(fraction: float) -> float:
+        if not (fraction == 0 or 0 < fraction < 1):
+            raise ValueError(f"Restorer: bank_crops must be 0 (off) or a fraction in (0, 1), got {fraction}")
+        return float(fraction)
+
+    def set_bank_crops(self, fraction: float) -> None:
+        """Read ``fraction`` corner crops from now on (0: the whole view alone); the
+        weights' config carries it once saved."""
+        if not self.bank_size:
+            raise ValueError("Restorer.set_bank_crops: this model has no filter bank")
+        self.bank_crops = self._crop_fraction(fraction)
 
     def bank_crop_views(self, x: torch.Tensor) -> torch.Tensor | None:
         """``(B, 3, H, W)`` → the four corner crops the bank's classifiers also read

@@ -24,7 +24,7 @@ from chromabeam.transforms.ops.imageio import to_uint8
 from chromabeam.transforms.ops.lut_kernel import residual_lut_uint8
 from chromabeam.transforms.ops.pixels8 import resize_uint8
 
-__all__ = ["RestoreInput", "RestoreModelHandler", "recognition", "restore_pixels", "restore_pixels_fast"]
+__all__ = ["RestoreInput", "RestoreModelHandler", "fast_views", "recognition", "restore_pixels", "restore_pixels_fast"]
 
 
 @dataclasses.dataclass
@@ -106,9 +106,8 @@ def restore_pixels(model: torch.nn.Module, images: Sequence[np.ndarray], device:
 def _crop_views(model: torch.nn.Module, xs: list[torch.Tensor]) -> torch.Tensor | None:
     """The bank classifiers' extra views of each image (``Restorer.bank_crop_views``),
     stacked; None for a model without ``bank_crops``."""
-    if not getattr(model, "bank_crops", 0):
-        return None
-    return torch.cat([model.bank_crop_views(x) for x in xs])
+    crops = [model.bank_crop_views(x) for x in xs]
+    return None if crops[0] is None else torch.cat(crops)
 
 
 def _float(im: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -117,30 +116,34 @@ def _float(im: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(a).to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255)
 
 
+def fast_views(model: torch.nn.Module, im: np.ndarray) -> list[np.ndarray]:
+    """What the fast path shows the model of one uint8 image: its view, then with
+    ``bank_crops`` the four corner crops (``Restorer.bank_crop_boxes``), each resized by
+    Pillow straight from the full-size pixels — one resample, as the exact path's
+    ``Restorer.view`` makes them, so both paths recognise the same look."""
+    s = model.view_size
+    boxes = model.bank_crop_boxes(*im.shape[:2]) if model.bank_crops else []
+    return [resize_uint8(im, (s, s))] + [resize_uint8(im[t:t + ch, l:l + cw], (s, s)) for t, l, ch, cw in boxes]
+
+
 def restore_pixels_fast(model: torch.nn.Module, images: Sequence[np.ndarray], device: torch.device,
                         low_side: int = LOW_SIDE, *, recognised: list | None = None) -> list[np.ndarray]:
-    """The 8-bit CPU path of ``restore_pixels``: the view (and with ``bank_crops`` its
-    corner crops) resized by Pillow straight from the full-size image — one resample, as
-    the exact path makes it, so both paths recognise the same look; per image
+    """The 8-bit CPU path of ``restore_pixels``: the views of ``fast_views``; per image
     ``LUT(x + up(A(x_low) − x_low))`` — the grid's local affine ``A`` computed exactly at
     ``low_side`` px and its correction upsampled (vignettes and gradients vary slowly),
     then the residual's bilinear upsample and the LUT in one compiled pass over the
     full-size uint8 pixels (``lut_kernel.residual_lut_uint8``). Images no larger
     than ``low_side`` are mapped exactly. docs/restorer.md measures speed and the
     difference to the exact path."""
-    s = model.view_size
-    smalls, views, crops = [], [], []
-    for im in images:  # the views straight from the full-size image, as the exact path makes them
+    smalls = []
+    for im in images:
         h, w = im.shape[:2]
-        views.append(resize_uint8(im, (s, s)))
-        if getattr(model, "bank_crops", 0):
-            crops += [resize_uint8(im[t:t + ch, l:l + cw], (s, s)) for t, l, ch, cw in model.bank_crop_boxes(h, w)]
         scale = low_side / max(h, w)
         smalls.append(im if scale >= 1.0 else resize_uint8(im, (max(1, round(w * scale)), max(1, round(h * scale)))))
     out, record = [], {} if recognised is not None else None
     with torch.inference_mode():
-        views = torch.cat([_float(v, device) for v in views])
-        crops = torch.cat([_float(c, device) for c in crops]).view(len(images), -1, 3, s, s) if crops else None
+        seen = torch.stack([torch.cat([_float(v, device) for v in fast_views(model, im)]) for im in images])
+        views, crops = seen[:, 0], (seen[:, 1:] if seen.shape[1] > 1 else None)  # (B, 3, s, s), (B, 4, 3, s, s)
         luts, grids = model.heads(views, *model.encode(views), record=record, crop_views=crops)
         if recognised is not None:
             recognised.extend(recognition(model, record, len(images)))

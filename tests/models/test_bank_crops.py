@@ -105,7 +105,7 @@ def test_predict_forward_and_both_restore_paths_read_the_crops():
     from chromabeam.transforms.ops.filters import apply_filter
 
     model = build_model(default_weights()[0], "cpu").eval()
-    model.bank_crops = 0.7
+    model.set_bank_crops(0.7)
     x = apply_filter(as_tensor(photo("chelsea", 300, 451)), "clarendon").mul(255).round().div(255)
     im = x[0].permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()
     with torch.inference_mode():
