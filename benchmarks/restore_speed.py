@@ -98,17 +98,18 @@ def stages(model, files: list[bytes], repeats: int) -> list[tuple[str, float]]:
     from PIL import Image
 
     from chromabeam.transforms.ops.lut_kernel import residual_lut_uint8
-    from chromabeam.transforms.ops.pixels8 import lut_uint8, resize_uint8
-    from chromabeam.transforms.restore_handler import LOW_SIDE, _float, fast_views
+    from chromabeam.transforms.ops.pixels8 import lut_uint8
+    from chromabeam.transforms.restore_handler import LOW_SIDE, _float, fast_views, low_copy, reduced_copy
 
     dev, imgs = torch.device("cpu"), [decode_image(b) for b in files]
-    smalls = [resize_uint8(im, (max(1, round(im.shape[1] * LOW_SIDE / max(im.shape[:2]))),
-                                max(1, round(im.shape[0] * LOW_SIDE / max(im.shape[:2]))))) for im in imgs]
+    side = max(model.view_size, LOW_SIDE)
+    reduced = [reduced_copy(im, side) for im in imgs]
+    smalls = [low_copy(r, im.shape[:2]) for r, im in zip(reduced, imgs)]
     def as_tensors(view, *crops):  # fast_views' uint8 views → the view and the crops as heads takes them
         return _float(view, dev), (torch.cat([_float(c, dev) for c in crops])[None] if crops else None)
 
     with torch.inference_mode():
-        views = [as_tensors(*fast_views(model, im)) for im in imgs]
+        views = [as_tensors(*fast_views(model, r)) for r in reduced]
         preds = [model.heads(v, *model.encode(v), crop_views=c) for v, c in views]
         tables = [lut[0].permute(1, 2, 3, 0).numpy() for lut, _ in preds]
         residuals = [(model.apply_local(_float(sm, dev), grid) - _float(sm, dev))[0].permute(1, 2, 0).numpy()
@@ -126,9 +127,10 @@ def stages(model, files: list[bytes], repeats: int) -> list[tuple[str, float]]:
         rows = [
             ("JPEG decode", per_image(lambda i: decode_image(files[i]))),
             ("JPEG encode q95", per_image(lambda i: encode_image(imgs[i], "jpg", 95))),
-            ("view" + (" + 4 corner crops" if model.bank_crops else "") + " from the full image",
-             per_image(lambda i: fast_views(model, imgs[i]))),
-            (f"shrink to {LOW_SIDE} px", per_image(lambda i: resize_uint8(imgs[i], smalls[i].shape[1::-1]))),
+            ("block-averaged copy (reduced_copy)", per_image(lambda i: reduced_copy(imgs[i], side))),
+            ("view" + (" + 4 corner crops" if model.bank_crops else "") + " from it",
+             per_image(lambda i: fast_views(model, reduced[i]))),
+            (f"shrink it to {LOW_SIDE} px", per_image(lambda i: low_copy(reduced[i], imgs[i].shape[:2]))),
             ("model: colour statistics + heads", per_image(
                 lambda i: model.heads(views[i][0], *model.encode(views[i][0]), crop_views=views[i][1]))),
             (f"local grid at {LOW_SIDE} px", per_image(lambda i: model.apply_local(_float(smalls[i], dev), preds[i][1]))),

@@ -22,9 +22,10 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from chromabeam.transforms.devices import resolve_device
 from chromabeam.transforms.ops.imageio import to_uint8
 from chromabeam.transforms.ops.lut_kernel import residual_lut_uint8
-from chromabeam.transforms.ops.pixels8 import resize_uint8
+from chromabeam.transforms.ops.pixels8 import reduce_uint8, resize_uint8
 
-__all__ = ["RestoreInput", "RestoreModelHandler", "fast_views", "recognition", "restore_pixels", "restore_pixels_fast"]
+__all__ = ["RestoreInput", "RestoreModelHandler", "fast_views", "low_copy", "recognition", "reduced_copy",
+           "restore_pixels", "restore_pixels_fast"]
 
 
 @dataclasses.dataclass
@@ -40,6 +41,9 @@ class RestoreInput:
 
 
 LOW_SIDE = 128  # the fast path's exact low-resolution pass (long side)
+# the fast path resizes from a block-averaged copy whose short side is at least this many
+# times the size it resizes to (``reduced_copy``; Pillow's thumbnail uses the same gap)
+REDUCE_GAP = 2
 
 
 def recognition(model: torch.nn.Module, record: dict, count: int) -> list[dict | None]:
@@ -116,33 +120,56 @@ def _float(im: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(a).to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255)
 
 
+def reduced_copy(im: np.ndarray, side: int) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` block-averaged by the largest integer factor that keeps its short
+    side at least ``REDUCE_GAP · side`` (the image itself when none does): what the fast
+    path resizes its views, crops and low-resolution copy from — one pass over the
+    full-size pixels instead of one per resize, and the same reading (docs/restorer.md
+    "Speed" measures both). Reducing a reduced copy again changes nothing."""
+    return reduce_uint8(im, max(1, min(im.shape[:2]) // (REDUCE_GAP * side)))
+
+
 def fast_views(model: torch.nn.Module, im: np.ndarray) -> list[np.ndarray]:
     """What the fast path shows the model of one uint8 image: its view, then with
     ``bank_crops`` the four corner crops (``Restorer.bank_crop_boxes``), each resized by
-    Pillow straight from the full-size pixels — one resample, as the exact path's
-    ``Restorer.view`` makes them, so both paths recognise the same look."""
+    Pillow from the image's ``reduced_copy`` — one resample of the whole image, as the
+    exact path's ``Restorer.view`` makes them from the full-size pixels, so both paths
+    recognise the same look."""
     s = model.view_size
+    im = reduced_copy(im, s)
     boxes = model.bank_crop_boxes(*im.shape[:2]) if model.bank_crops else []
     return [resize_uint8(im, (s, s))] + [resize_uint8(im[t:t + ch, l:l + cw], (s, s)) for t, l, ch, cw in boxes]
 
 
+def low_copy(reduced: np.ndarray, shape: tuple[int, int], low_side: int = LOW_SIDE) -> np.ndarray:
+    """The fast path's low-resolution copy of an image of ``shape`` (H, W): its
+    ``reduced_copy`` resized to ``low_side`` px long side (the image as it is when no
+    larger)."""
+    h, w = shape
+    scale = low_side / max(h, w)
+    if scale >= 1.0:
+        return reduced
+    return resize_uint8(reduced, (max(1, round(w * scale)), max(1, round(h * scale))))
+
+
 def restore_pixels_fast(model: torch.nn.Module, images: Sequence[np.ndarray], device: torch.device,
                         low_side: int = LOW_SIDE, *, recognised: list | None = None) -> list[np.ndarray]:
-    """The 8-bit CPU path of ``restore_pixels``: the views of ``fast_views``; per image
+    """The 8-bit CPU path of ``restore_pixels``: the views of ``fast_views`` and the
+    ``low_side`` copy, both resized from the image's ``reduced_copy``; per image
     ``LUT(x + up(A(x_low) − x_low))`` — the grid's local affine ``A`` computed exactly at
     ``low_side`` px and its correction upsampled (vignettes and gradients vary slowly),
     then the residual's bilinear upsample and the LUT in one compiled pass over the
     full-size uint8 pixels (``lut_kernel.residual_lut_uint8``). Images no larger
     than ``low_side`` are mapped exactly. docs/restorer.md measures speed and the
     difference to the exact path."""
-    smalls = []
+    smalls, seen = [], []
     for im in images:
-        h, w = im.shape[:2]
-        scale = low_side / max(h, w)
-        smalls.append(im if scale >= 1.0 else resize_uint8(im, (max(1, round(w * scale)), max(1, round(h * scale)))))
+        reduced = reduced_copy(im, max(model.view_size, low_side))
+        smalls.append(low_copy(reduced, im.shape[:2], low_side))
+        seen.append(fast_views(model, reduced))
     out, record = [], {} if recognised is not None else None
     with torch.inference_mode():
-        seen = torch.stack([torch.cat([_float(v, device) for v in fast_views(model, im)]) for im in images])
+        seen = torch.stack([torch.cat([_float(v, device) for v in views]) for views in seen])
         views, crops = seen[:, 0], (seen[:, 1:] if seen.shape[1] > 1 else None)  # (B, 3, s, s), (B, 4, 3, s, s)
         luts, grids = model.heads(views, *model.encode(views), record=record, crop_views=crops)
         if recognised is not None:

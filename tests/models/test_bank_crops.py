@@ -129,3 +129,25 @@ def test_predict_forward_and_both_restore_paths_read_the_crops():
     # the fast path's views come from Pillow's resize: the same reading, to a few hundredths
     assert fast_seen[0]["top_filter"] == exact_seen[0]["top_filter"]
     assert abs(fast_seen[0]["p_filter"] - exact_seen[0]["p_filter"]) < 0.05
+
+
+def test_the_fast_path_reads_a_large_image_from_one_reduced_copy_and_recognises_the_same():
+    # 720 px short side: the views and crops come from a 2× block-averaged copy
+    from chromabeam.pipelines.restore import default_weights
+    from chromabeam.transforms.ops.filters import apply_filter
+    from chromabeam.transforms.restore_handler import REDUCE_GAP, fast_views
+
+    model = build_model(default_weights()[0], "cpu").eval()
+    assert model.bank_crops and 720 // (REDUCE_GAP * model.view_size) == 2
+    x = apply_filter(as_tensor(photo("chelsea", 1080, 720)), "nashville").mul(255).round().div(255)
+    im = x[0].permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()
+    views = fast_views(model, im)
+    assert len(views) == 5 and all(v.shape == (model.view_size, model.view_size, 3) for v in views)
+    with torch.inference_mode():  # the fast path's whole view is the exact path's, to a few levels
+        exact_view = model.view(x)[0].permute(1, 2, 0).mul(255).numpy()
+    assert np.abs(views[0].astype(float) - exact_view).mean() < 1.0
+    exact_seen, fast_seen = [], []
+    restore_pixels(model, [im], torch.device("cpu"), exact=True, recognised=exact_seen)
+    restore_pixels(model, [im], torch.device("cpu"), recognised=fast_seen)
+    assert fast_seen[0]["top_filter"] == exact_seen[0]["top_filter"] == "nashville"
+    assert abs(fast_seen[0]["p_filter"] - exact_seen[0]["p_filter"]) < 0.05

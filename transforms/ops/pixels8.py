@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-__all__ = ["MAX_LUT", "lut_uint8", "LookApplier", "resize_uint8"]
+__all__ = ["MAX_LUT", "lut_uint8", "LookApplier", "reduce_uint8", "resize_uint8"]
 
 MAX_LUT = 65  # Pillow's Color3DLUT size limit
 
@@ -91,3 +91,15 @@ def resize_uint8(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if (pixels.shape[1], pixels.shape[0]) == tuple(size):
         return pixels
     return np.asarray(Image.fromarray(pixels, "RGB").resize(tuple(size), Image.BILINEAR))
+
+
+def reduce_uint8(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` → uint8 ``(⌈H/factor⌉, ⌈W/factor⌉, 3)``: the mean of each
+    ``factor``² block (Pillow's ``Image.reduce``; the last row and column of blocks are
+    partial) — a cheap first step before several resizes of the same image."""
+    _check_pixels(pixels, "reduce_uint8")
+    if not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"reduce_uint8: factor must be an integer >= 1, got {factor!r}")
+    if factor == 1:
+        return pixels
+    return np.asarray(Image.fromarray(pixels, "RGB").reduce(factor))

@@ -34,6 +34,23 @@ def test_quantiles_of_a_ramp_are_the_quantile_levels():
     torch.testing.assert_close(q, want.expand(3, 9), atol=0.02, rtol=0)
 
 
+def test_quantiles_match_torch_quantile_on_every_path():
+    # numpy's sort on CPU without autograd, torch's sort where gradients flow: both give
+    # torch.quantile's linear interpolation
+    from chromabeam.transforms.ops.colour_stats import _QUANTILES, _quantiles
+
+    flat = torch.rand(4, 3, 1001, generator=torch.Generator().manual_seed(1))
+    want = torch.quantile(flat, torch.tensor(_QUANTILES), dim=2).permute(1, 2, 0)
+    torch.testing.assert_close(_quantiles(flat, _QUANTILES), want, rtol=0, atol=1e-6)
+    graded = flat.clone().requires_grad_(True)
+    got = _quantiles(graded, _QUANTILES)
+    torch.testing.assert_close(got.detach(), want, rtol=0, atol=1e-6)
+    got.sum().backward()
+    assert graded.grad.abs().sum() > 0
+    with torch.inference_mode():  # what restore runs under
+        torch.testing.assert_close(_quantiles(flat, _QUANTILES), want, rtol=0, atol=1e-6)
+
+
 def test_grey_has_no_tint_and_tinted_shadows_show_in_the_dark_bands():
     grey = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(1, 3, 64, 64).contiguous()
     tint = global_colour_features(grey, BINS)[0, _TINT].view(8, 3)

@@ -6,7 +6,7 @@ import torch
 
 from chromabeam.transforms.ops.dncm import lut3d_apply
 from chromabeam.transforms.ops.lut import identity_table
-from chromabeam.transforms.ops.pixels8 import lut_uint8, resize_uint8
+from chromabeam.transforms.ops.pixels8 import lut_uint8, reduce_uint8, resize_uint8
 
 
 def _pixels(h=37, w=53, seed=0):
@@ -34,6 +34,19 @@ def test_resize_and_checks():
         lut_uint8(px.astype(np.float32), np.zeros((2, 2, 2, 3)))
     with pytest.raises(ValueError, match=r"\(S, S, S, 3\)"):
         lut_uint8(px, np.zeros((2, 3, 2, 3)))
+
+
+def test_reduce_is_the_mean_of_each_block():
+    px = _pixels(31, 45, seed=2)
+    got = reduce_uint8(px, 3)
+    assert got.shape == (11, 15, 3) and got.dtype == np.uint8  # the last row of blocks is partial
+    want = px[:30].reshape(10, 3, 15, 3, 3).astype(float).mean(axis=(1, 3))
+    assert np.abs(got[:10].astype(float) - want).max() < 1  # Pillow's fixed-point mean: within a level
+    partial = px[30].reshape(15, 3, 3).astype(float).mean(axis=1)  # the last row's blocks: one pixel row
+    assert np.abs(got[10].astype(float) - partial).max() < 1
+    assert reduce_uint8(px, 1) is px
+    with pytest.raises(ValueError, match="factor"):
+        reduce_uint8(px, 0)
 
 
 def test_look_applier_is_pillow_then_a_bit_identical_table():
