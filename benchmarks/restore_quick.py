@@ -7,7 +7,7 @@ checkpoints; ``benchmarks/restore_quality.py`` is the benchmark.
 
     python benchmarks/restore_quick.py WEIGHTS.safetensors|CHECKPOINT_DIR [--size 512]
         [--photos eval|holdout:FRACTION|packages:NAME,…] [--bank-temperature T] [--bank-none-shift D]
-        [--bank-cast-shift S] [--bank-strength-shift B] [--bank-verify-beta B] [--bank-crops F]
+        [--bank-cast-shift S] [--bank-strength-shift B] [--bank-strength-stretch K] [--bank-verify-beta B] [--bank-crops F]
         [--path exact|fast] [--jpeg QUALITY] [--known-filter] [--oracle-candidates K]
 
 A CHECKPOINT_DIR is a ``chromabeam train restorer`` checkpoint folder (``model.safetensors``
@@ -24,7 +24,7 @@ restore`` runs on CPU) instead of the model's float forward pass;
 is (an oracle choosing: the room a second opinion such as ``bank_verify`` has).
 Settings such as the
 bank's calibration (``--bank-temperature``/``--bank-none-shift``/``--bank-cast-shift``/
-``--bank-strength-shift``, applied with
+``--bank-strength-shift``/``--bank-strength-stretch``, applied with
 ``Restorer.calibrate_bank`` before scoring), the verifier's β (``--bank-verify-beta``) and the
 classifiers' crops (``--bank-crops``) are
 chosen there, never on EVAL.
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bank-none-shift", type=float, default=0.0)
     ap.add_argument("--bank-cast-shift", type=float, default=0.0, help="added to the cast head's logit (bank_casts)")
     ap.add_argument("--bank-strength-shift", type=float, default=0.0, help="added to the classifiers' strength logits")
+    ap.add_argument("--bank-strength-stretch", type=float, default=1.0, metavar="K",
+                    help="the classifiers' strength logits stretched by K about restorer.STRENGTH_CENTRE's")
     ap.add_argument("--bank-verify-beta", type=float, default=None,
                     help="the verifier's weight against the classifier's log P (bank_verify; 0: the classifier alone)")
     ap.add_argument("--bank-crops", type=float, default=None, metavar="F",
@@ -109,12 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             ap.error(f"--bank-crops: {e}")
         label += f" (bank crops {args.bank_crops:g})"
-    if args.bank_temperature != 1.0 or args.bank_none_shift or args.bank_cast_shift or args.bank_strength_shift:
+    if (args.bank_temperature != 1.0 or args.bank_none_shift or args.bank_cast_shift or args.bank_strength_shift
+            or args.bank_strength_stretch != 1.0):
         model.calibrate_bank(args.bank_temperature, args.bank_none_shift, args.bank_cast_shift,
-                             args.bank_strength_shift)
+                             args.bank_strength_shift, args.bank_strength_stretch)
         label += (f" (bank temperature {args.bank_temperature:g}, none shift {args.bank_none_shift:g}"
                   + (f", cast shift {args.bank_cast_shift:g}" if args.bank_cast_shift else "")
-                  + (f", strength shift {args.bank_strength_shift:g}" if args.bank_strength_shift else "") + ")")
+                  + (f", strength shift {args.bank_strength_shift:g}" if args.bank_strength_shift else "")
+                  + (f", strength stretch {args.bank_strength_stretch:g}" if args.bank_strength_stretch != 1.0 else "")
+                  + ")")
     cache = photos.fetch_debian(os.environ.get("CHROMABEAM_PHOTO_CACHE", "/tmp/photo-cache"))
     if args.photos == "eval":
         chosen = photos.split()[1]

@@ -1,11 +1,12 @@
 """Recalibrate a trained restorer's filter-bank classifier without retraining it.
 
     python -m chromabeam.models.calibrate_restorer WEIGHTS OUT [--bank-temperature T]
-        [--bank-none-shift D] [--bank-strength-shift B] [--bank-crops F] [--on-top]
+        [--bank-none-shift D] [--bank-strength-shift B] [--bank-strength-stretch K] [--bank-crops F] [--on-top]
         --chosen-on "how the values were chosen"
 
 ``Restorer.calibrate_bank`` rescales the classifier's last layer ("no filter" logit − D,
-then class logits ÷ T, strength logits + B); ``--bank-crops F`` sets the model's
+then class logits ÷ T; strength logits stretched by K about the logit of
+``restorer.STRENGTH_CENTRE``, then + B); ``--bank-crops F`` sets the model's
 ``bank_crops`` (the classifiers also read four corner crops of F of each side). The
 result is saved through the registry under its new content name, with the original card
 plus a ``bank_calibration`` entry (values, how they were chosen, the weights they were
@@ -27,7 +28,8 @@ from chromabeam.transforms import storage
 
 
 def calibrate(weights: str, out: str, temperature: float, none_shift: float, chosen_on: str, *,
-              strength_shift: float = 0.0, crops: float | None = None, on_top: bool = False) -> str:
+              strength_shift: float = 0.0, strength_stretch: float = 1.0, crops: float | None = None,
+              on_top: bool = False) -> str:
     """Calibrated copy of ``weights`` saved under ``out``; returns its URL."""
     model = build_model(weights, "cpu")
     if model.weights_config.get("model") != "restorer":
@@ -37,7 +39,7 @@ def calibrate(weights: str, out: str, temperature: float, none_shift: float, cho
     if previous and not on_top:
         raise ValueError(f"calibrate_restorer: {storage.redact(weights)} is already calibrated "
                          f"({previous}); calibrate the weights it came from, or pass --on-top")
-    model.calibrate_bank(temperature, none_shift, strength_shift=strength_shift)
+    model.calibrate_bank(temperature, none_shift, strength_shift=strength_shift, strength_stretch=strength_stretch)
     if crops is not None:
         try:
             model.set_bank_crops(crops)
@@ -47,6 +49,10 @@ def calibrate(weights: str, out: str, temperature: float, none_shift: float, cho
     entry = {"temperature": temperature, "none_shift": none_shift}
     if strength_shift:
         entry["strength_shift"] = strength_shift
+    if strength_stretch != 1.0:
+        from chromabeam.models.restorer import STRENGTH_CENTRE
+
+        entry["strength_stretch"] = {"factor": strength_stretch, "about": STRENGTH_CENTRE}
     if crops is not None:
         entry["crops"] = float(crops)
     card["bank_calibration"] = {**entry, "chosen_on": chosen_on, "applied_to": applied_to,
@@ -61,13 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bank-temperature", type=float, default=1.0)
     ap.add_argument("--bank-none-shift", type=float, default=0.0)
     ap.add_argument("--bank-strength-shift", type=float, default=0.0)
+    ap.add_argument("--bank-strength-stretch", type=float, default=1.0, metavar="K",
+                    help="stretch the strength logits by K about the logit of restorer.STRENGTH_CENTRE (1: off)")
     ap.add_argument("--bank-crops", type=float, default=None, metavar="F",
                     help="the classifiers also read four corner crops of F of each side (0: off)")
     ap.add_argument("--on-top", action="store_true", help="calibrate weights that are already calibrated")
     ap.add_argument("--chosen-on", required=True, help="how the values were chosen (goes to the card)")
     args = ap.parse_args(argv)
     print(calibrate(args.weights, args.out, args.bank_temperature, args.bank_none_shift, args.chosen_on,
-                    strength_shift=args.bank_strength_shift, crops=args.bank_crops, on_top=args.on_top))
+                    strength_shift=args.bank_strength_shift, strength_stretch=args.bank_strength_stretch,
+                    crops=args.bank_crops, on_top=args.on_top))
     return 0
 
 

@@ -80,3 +80,33 @@ def test_strength_shift_crops_and_a_calibration_on_top(tmp_path, capsys):
     assert cal["chosen_on"] == "the same twin"
     with pytest.raises(ValueError, match="bank-crops"):
         main([url, str(tmp_path / "bad"), "--bank-crops", "1.0", "--chosen-on", "x"])
+
+
+def test_strength_stretch_spreads_the_read_strengths_about_the_centre(tmp_path, capsys):
+    """``--bank-strength-stretch K`` maps each strength logit z to c + K·(z − c), c the logit
+    of ``STRENGTH_CENTRE``, then the shift is added: a look read at the centre keeps its
+    strength, stronger readings go up and milder ones down; the card records it."""
+    import math
+
+    from chromabeam.models.restorer import STRENGTH_CENTRE
+
+    model, url = _banked(tmp_path)
+    assert main([url, str(tmp_path / "out"), "--bank-strength-stretch", "1.5", "--bank-strength-shift", "0.25",
+                 "--chosen-on", "a twin"]) == 0
+    stretched = build_model(capsys.readouterr().out.strip())
+    feats = torch.randn(6, model.bank_mean.numel())
+    c = math.log(STRENGTH_CENTRE / (1 - STRENGTH_CENTRE))
+    with torch.no_grad():
+        logits, z = model.bank_logits(feats)
+        got_logits, got_z = stretched.bank_logits(feats)
+    torch.testing.assert_close(got_logits, logits, rtol=0, atol=1e-6)  # the classes are untouched
+    torch.testing.assert_close(got_z, c + 1.5 * (z - c) + 0.25, rtol=0, atol=1e-5)
+    cal = stretched.weights_card["bank_calibration"]
+    assert cal["strength_stretch"] == {"factor": 1.5, "about": STRENGTH_CENTRE} and cal["strength_shift"] == 0.25
+    # without the shift: readings above the centre get stronger, those below milder
+    before, after = torch.sigmoid(z), torch.sigmoid(got_z - 0.25)
+    above = before > STRENGTH_CENTRE
+    assert above.any() and (~above).any()
+    assert (after[above] > before[above]).all() and (after[~above] < before[~above]).all()
+    with pytest.raises(ValueError, match="strength_stretch"):
+        model.calibrate_bank(strength_stretch=0.0)
