@@ -226,14 +226,14 @@ def test_the_manifest_says_what_the_shipped_model_recognised_in_each_image(tmp_p
     rows = _rows(out)
     seen = {k: json.loads(r["params"]) for k, r in rows.items()}
     assert all(p["device"] == "cpu" and p["exact"] is False for p in seen.values())  # the step's params stay
-    # measured (fast path): nashville P 1.00, 1977 P 1.00, the clean photo P(none) 0.81 (the exact path 0.82;
-    # the next most likely reading, lofi, 0.07)
+    # measured (fast path, restorer-d366d20a2792): nashville P 1.00, 1977 P 1.00, the clean photo P(none) 0.72
+    # (the next most likely reading, lofi, 0.10; 0.81 / 0.07 before its "no filter" shift of 0.5)
     for f in ("nashville", "1977"):
         rec = seen[f]["recognised"]
         assert rec["filter"] == rec["top_filter"] == f and rec["p_filter"] > 0.9 and rec["p_none"] < 0.05, rec
         assert 0.5 < rec["strength"] <= 1.0 and rec["cast_weight"] < 0.1 and len(rec["cast_gains"]) == 3, rec
     rec = seen["clean"]["recognised"]
-    assert rec["filter"] is None and rec["p_none"] > 0.75 and rec["p_filter"] < 0.1, rec
+    assert rec["filter"] is None and rec["p_none"] > 0.6 and rec["p_filter"] < 0.15, rec
     # the report groups the rows by what was recognised and captions each image with it
     html = (out / "report.html").read_text()
     for label in ("recognised: nashville", "recognised: 1977", "recognised: no filter"):

@@ -56,10 +56,11 @@ def test_a_restorer_that_changes_nothing_gives_the_identity_look():
     np.testing.assert_allclose(table, identity_table(LOOK_LUT_SIZE), rtol=0, atol=2e-6)
 
 
-# measured with the shipped restorer-1c172988f99a (gain over doing nothing on the 3
-# photos): 1977 +26.8/+30.2/+25.8 dB, faded +5.7/+6.2/+5.4 (restorer-41a58a247a14 before
-# it, the same weights calibrated sharper and reading the whole view alone:
-# +27.2/+30.7/+26.3, +8.5/+9.2/+8.5). (A mild `warm` grade gains +0.0–0.1: the restorer
+# measured with the shipped restorer-d366d20a2792 (gain over doing nothing on the 3
+# photos): 1977 +27.3/+30.6/+26.4 dB, faded +6.9/+7.4/+6.6 (restorer-1c172988f99a before
+# it, without the strength stretch: +26.8/+30.2/+25.8, +5.7/+6.2/+5.4;
+# restorer-41a58a247a14, calibrated sharper and reading the whole view alone:
+# +27.2/+30.7/+26.3, +8.5/+9.2/+8.5). (A mild `warm` grade gains +0.1: the restorer
 # cannot tell a mild warm cast from the photo's own colours.)
 @pytest.mark.parametrize("look, least", [("1977", 15.0), ("faded", 2.0)])
 def test_the_fitted_look_moves_other_photos_towards_the_grade(handler_and_model, look, least):
