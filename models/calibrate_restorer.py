@@ -24,6 +24,7 @@ import argparse
 import sys
 
 from chromabeam.models.registry import build_model, derived_card, save_weights
+from chromabeam.models.restorer import STRENGTH_CENTRE
 from chromabeam.transforms import storage
 
 
@@ -50,8 +51,6 @@ def calibrate(weights: str, out: str, temperature: float, none_shift: float, cho
     if strength_shift:
         entry["strength_shift"] = strength_shift
     if strength_stretch != 1.0:
-        from chromabeam.models.restorer import STRENGTH_CENTRE
-
         entry["strength_stretch"] = {"factor": strength_stretch, "about": STRENGTH_CENTRE}
     if crops is not None:
         entry["crops"] = float(crops)

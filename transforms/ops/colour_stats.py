@@ -54,9 +54,9 @@ def _sample(view: torch.Tensor, side: int) -> torch.Tensor:
 
 def _quantiles(flat: torch.Tensor, q: tuple[float, ...]) -> torch.Tensor:
     """``(B, C, N)`` → ``(B, C, len(q))``: ``torch.quantile``'s linear interpolation
-    between order statistics. On CPU without autograd the sort is numpy's (~30× faster
-    than torch's sort for these sizes: measured in docs/restorer.md "Speed"); elsewhere,
-    and where gradients flow, torch's."""
+    between order statistics. On CPU without autograd the sort is numpy's (far faster
+    than torch's CPU sort at these sizes: docs/restorer.md "Speed"); elsewhere, and where
+    gradients flow, torch's."""
     n = flat.shape[-1]
     pos = torch.tensor(q, dtype=torch.float64) * (n - 1)
     lo = pos.floor().long()
