@@ -8,6 +8,7 @@ checkpoints; ``benchmarks/restore_quality.py`` is the benchmark.
     python benchmarks/restore_quick.py WEIGHTS.safetensors|CHECKPOINT_DIR [--size 512]
         [--photos eval|holdout:FRACTION|packages:NAME,…] [--bank-temperature T] [--bank-none-shift D]
         [--bank-cast-shift S] [--bank-strength-shift B] [--bank-strength-stretch K] [--bank-verify-beta B] [--bank-crops F]
+        [--bank-commit EPS]
         [--path exact|fast] [--jpeg QUALITY] [--known-filter] [--oracle-candidates K]
 
 A CHECKPOINT_DIR is a ``chromabeam train restorer`` checkpoint folder (``model.safetensors``
@@ -26,7 +27,8 @@ Settings such as the
 bank's calibration (``--bank-temperature``/``--bank-none-shift``/``--bank-cast-shift``/
 ``--bank-strength-shift``/``--bank-strength-stretch``, applied with
 ``Restorer.calibrate_bank`` before scoring), the verifier's β (``--bank-verify-beta``) and the
-classifiers' crops (``--bank-crops``) are
+classifiers' crops (``--bank-crops``) and the commit floor (``--bank-commit``,
+``Restorer.set_bank_commit``) are
 chosen there, never on EVAL.
 """
 from __future__ import annotations
@@ -83,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the classifiers' strength logits stretched by K about restorer.STRENGTH_CENTRE's")
     ap.add_argument("--bank-verify-beta", type=float, default=None,
                     help="the verifier's weight against the classifier's log P (bank_verify; 0: the classifier alone)")
+    ap.add_argument("--bank-commit", type=float, default=None, metavar="EPS",
+                    help="the bank's weights as the action with the best expected PSNR, error floor EPS "
+                         "(Restorer bank_commit; 0: the probability-weighted blend)")
     ap.add_argument("--bank-crops", type=float, default=None, metavar="F",
                     help="the bank classifiers also read four corner crops of F of each side (Restorer bank_crops; "
                          "0: the whole view alone)")
@@ -111,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             ap.error(f"--bank-crops: {e}")
         label += f" (bank crops {args.bank_crops:g})"
+    if args.bank_commit is not None:
+        try:
+            model.set_bank_commit(args.bank_commit)
+        except ValueError as e:
+            ap.error(f"--bank-commit: {e}")
+        label += f" (bank commit {args.bank_commit:g})"
     if (args.bank_temperature != 1.0 or args.bank_none_shift or args.bank_cast_shift or args.bank_strength_shift
             or args.bank_strength_stretch != 1.0):
         model.calibrate_bank(args.bank_temperature, args.bank_none_shift, args.bank_cast_shift,

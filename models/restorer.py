@@ -45,6 +45,9 @@ Instagram-style filters are mostly global tone/colour curves plus smooth spatial
     only one part's colours suggest loses its weight (docs/restorer.md measures it). It is
     a reading at inference (``predict``, ``restore_pixels``): the trainer reads the whole
     view, and ``calibrate_restorer --bank-crops`` sets it on trained weights.
+    With ``bank_commit=ε`` (an inference setting too; measured, not shipped) the bank's
+    weights are the action with the best expected PSNR over "no bank entry" and the
+    most probable filters (``commit_weights``) instead of the probability-weighted blend.
     The bank is trained apart from the rest (``train_restorer.train_bank``,
     ``train_restorer.train_cast_head``, ``models.bank_verify``).
 
@@ -104,6 +107,12 @@ _BANK_HIDDEN = 512
 # the strength the bank's regression reads without bias (held-out photos: true 0.75 → read
 # 0.76, 1 → 0.91, 0.5 → 0.59): what ``calibrate_bank``'s strength stretch is centred on
 STRENGTH_CENTRE = 0.75
+# ``commit_weights``: the filters it weighs besides "no bank entry", the side (px) of the
+# copy of the view its candidates restore, and its solver's steps and step size
+COMMIT_CANDIDATES = 4
+COMMIT_SIDE = 64
+COMMIT_STEPS = 60
+COMMIT_STEP = 0.25
 _CAST_HIDDEN = 256
 _VERIFY_HIDDEN = 256
 
@@ -153,6 +162,7 @@ class Restorer(nn.Module):
         bank_casts: bool = False,
         bank_verify: int = 0,
         bank_crops: float = 0.0,
+        bank_commit: float = 0.0,
     ):
         super().__init__()
         if (lut_size < 2 or lut_basis < 1 or grid_size < 1 or grid_bins < 1 or view_size < 32 or width < 1
@@ -168,6 +178,7 @@ class Restorer(nn.Module):
             raise ValueError(f"Restorer: bank and bank_verify must be >= 0 and bank_heads >= 1, "
                              f"got {bank}, {bank_verify}, {bank_heads}")
         bank_crops = self._crop_fraction(bank_crops)
+        bank_commit = self._commit_floor(bank_commit)
         self.encoder_kind = encoder
         self.lut_size, self.lut_basis_count = int(lut_size), int(lut_basis)
         self.grid_size, self.grid_bins = int(grid_size), int(grid_bins)
@@ -219,6 +230,7 @@ class Restorer(nn.Module):
         self.bank_casts = bool(bank_casts) and self.bank_size > 0
         self.bank_verify = min(int(bank_verify), self.bank_size)
         self.bank_crops = bank_crops if self.bank_size else 0.0
+        self.bank_commit = bank_commit if self.bank_size else 0.0
         if self.bank_size:
             # The filter bank: fixed inverse LUTs (as residuals from the identity) and a
             # classifier on the view's standardised colour statistics → "which filter, how
@@ -316,6 +328,7 @@ class Restorer(nn.Module):
             **({"bank_casts": True} if self.bank_casts else {}),
             **({"bank_verify": self.bank_verify} if self.bank_verify else {}),
             **({"bank_crops": self.bank_crops} if self.bank_crops else {}),
+            **({"bank_commit": self.bank_commit} if self.bank_commit else {}),
         }
 
     @staticmethod
@@ -345,6 +358,19 @@ class Restorer(nn.Module):
         if not self.bank_size:
             raise ValueError("Restorer.set_bank_crops: this model has no filter bank")
         self.bank_crops = self._crop_fraction(fraction)
+
+    @staticmethod
+    def _commit_floor(floor: float) -> float:
+        if not (floor == 0 or 0 < floor < 1):
+            raise ValueError(f"Restorer: bank_commit must be 0 (off) or an error floor in (0, 1), got {floor}")
+        return float(floor)
+
+    def set_bank_commit(self, floor: float) -> None:
+        """Decide the bank's weights by ``commit_weights`` with this error floor from now on
+        (0: the probability-weighted blend); the weights' config carries it once saved."""
+        if not self.bank_size:
+            raise ValueError("Restorer.set_bank_commit: this model has no filter bank")
+        self.bank_commit = self._commit_floor(floor)
 
     def bank_crop_views(self, x: torch.Tensor) -> torch.Tensor | None:
         """``(B, 3, H, W)`` → the four corner crops the bank's classifiers also read
@@ -389,28 +415,6 @@ class Restorer(nn.Module):
         g = self.global_fc(pooled)
         w = self.lut_weights(g)  # (B, n_basis)
         lut = self._lut_identity + torch.einsum("bn,ncdhw->bcdhw", w, self.lut_basis)
-        bank_w = None
-        if self.bank_size:
-            if known_bank is not None:
-                bank_w = known_bank.to(lut)
-            else:
-                feats = self.bank_inputs(view, pooled if stats else None)
-                crop_feats = None if crop_views is None else self.bank_inputs(crop_views.flatten(0, 1))
-                # once: the filters' and the cast's weights both need them
-                probs = self._bank_probs(feats, crop_feats)
-                if self.bank_verify:
-                    probs = self.verify_probs(view, f16, pooled, feats, probs)
-                bank_w = self.bank_weights(feats, probs)
-                if record is not None:
-                    record["bank_probs"] = torch.stack([p for p, _ in probs]).mean(dim=0)
-                    record["bank_strength"] = torch.stack([s for _, s in probs]).mean(dim=0)
-                if self.bank_casts:
-                    p_cast, log_gains = self.cast_weight(feats, probs)
-                    if record is not None:
-                        record["cast_weight"], record["cast_log_gains"] = p_cast, log_gains
-                    bank_w = bank_w * (1.0 - p_cast)[:, None]
-                    lut = lut + p_cast[:, None, None, None, None] * self.cast_inverse_delta(log_gains)
-            lut = lut + torch.einsum("bn,ncdhw->bcdhw", bank_w, self.bank_luts)
 
         gs = self.grid_size
         if f16.shape[-2:] != (gs, gs):
@@ -420,6 +424,32 @@ class Restorer(nn.Module):
         local = self.local(f16) + self.global_to_local(g)[:, :, None, None]
         delta = self.grid_head(F.relu(local))  # (B, 12*D, G, G)
         grid = self._grid_identity + delta.view(view.shape[0], 12, self.grid_bins, gs, gs)
+        if not self.bank_size:
+            return lut, grid
+
+        if known_bank is not None:
+            bank_w = known_bank.to(lut)
+        else:
+            feats = self.bank_inputs(view, pooled if stats else None)
+            crop_feats = None if crop_views is None else self.bank_inputs(crop_views.flatten(0, 1))
+            # once: the filters' and the cast's weights both need them
+            probs = self._bank_probs(feats, crop_feats)
+            if self.bank_verify:
+                probs = self.verify_probs(view, f16, pooled, feats, probs)
+            if self.bank_commit and not self.training:
+                bank_w = self.commit_weights(view, lut, grid, probs)
+            else:
+                bank_w = self.bank_weights(feats, probs)
+            if record is not None:
+                record["bank_probs"] = torch.stack([p for p, _ in probs]).mean(dim=0)
+                record["bank_strength"] = torch.stack([s for _, s in probs]).mean(dim=0)
+            if self.bank_casts:
+                p_cast, log_gains = self.cast_weight(feats, probs)
+                if record is not None:
+                    record["cast_weight"], record["cast_log_gains"] = p_cast, log_gains
+                bank_w = bank_w * (1.0 - p_cast)[:, None]
+                lut = lut + p_cast[:, None, None, None, None] * self.cast_inverse_delta(log_gains)
+        lut = lut + torch.einsum("bn,ncdhw->bcdhw", bank_w, self.bank_luts)
         if self.bank_grids:
             grid = grid + torch.einsum("bn,ncdhw->bcdhw", bank_w, self.bank_grid_deltas)
         return lut, grid
@@ -484,6 +514,69 @@ class Restorer(nn.Module):
         averaged over the classifiers (``probs``: ``_bank_probs(feats)`` when already computed)."""
         weights = [p * s for p, s in (probs or self._bank_probs(feats))]
         return weights[0] if len(weights) == 1 else torch.stack(weights).mean(dim=0)
+
+    def commit_weights(self, view: torch.Tensor, lut: torch.Tensor, grid: torch.Tensor,
+                       probs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The bank's weights ``(B, bank)`` as the action that maximises the expected PSNR of
+        the result, not as the probability-weighted blend (``bank_weights``).
+
+        Candidates: "no bank entry" and the ``COMMIT_CANDIDATES`` most probable filters,
+        each restoring the view at its predicted strength (``lut``/``grid``: the learnt
+        path's, which every candidate shares; no cast). With π their probabilities
+        (renormalised) and m_k(w) the mean squared difference between the mix Σ_j w_j·y_j
+        and candidate k's restoration y_k, the weights minimise Σ_k π_k·log(m_k(w) + ε),
+        ε = ``bank_commit`` (the error a right candidate still leaves): the expected
+        −PSNR if candidate k is the truth. The blend minimises the expected squared error
+        instead; the mean PSNR over images rewards committing to the likely candidate
+        when the candidates' restorations are far apart, and hedging when they are close
+        or the probabilities are (docs/restorer.md "Committing"). The objective has a local
+        minimum near each candidate far from the others, so it is solved by exponentiated
+        gradient on the simplex from the blend and from near each candidate alone, and the
+        best of those, the blend and each candidate alone is kept. ε → ∞ gives the blend back."""
+        p = torch.stack([q for q, _ in probs]).mean(dim=0)
+        s = torch.stack([t for _, t in probs]).mean(dim=0)
+        b = p.shape[0]
+        k = min(COMMIT_CANDIDATES, self.bank_size)
+        top = p.topk(k, dim=1).indices  # (B, k)
+        pi = torch.cat([(1.0 - p.sum(dim=1, keepdim=True)).clamp_min(0.0), p.gather(1, top)], dim=1)
+        pi = pi / pi.sum(dim=1, keepdim=True).clamp_min(1e-12)  # (B, k + 1)
+        # each candidate's restoration of the view: the learnt path + that one bank entry
+        st = s.gather(1, top)  # (B, k)
+        luts = lut[:, None].expand(b, k + 1, *lut.shape[1:]).clone()
+        luts[:, 1:] += st[:, :, None, None, None, None] * self.bank_luts[top]
+        grids = grid[:, None].expand(b, k + 1, *grid.shape[1:])
+        if self.bank_grids:
+            grids = grids.clone()
+            grids[:, 1:] += st[:, :, None, None, None, None] * self.bank_grid_deltas[top]
+        small = F.interpolate(view, size=(COMMIT_SIDE, COMMIT_SIDE), mode="area") if view.shape[-1] > COMMIT_SIDE else view
+        views = small[:, None].expand(b, k + 1, *small.shape[1:]).flatten(0, 1)
+        y = self.apply(views, luts.flatten(0, 1), grids.flatten(0, 1)).clamp(0, 1)
+        y = (torch.round(y * 255) / 255).view(b, k + 1, -1).double()
+        gram = y @ y.transpose(1, 2) / y.shape[-1]  # (B, k + 1, k + 1)
+        diag = gram.diagonal(dim1=1, dim2=2)
+        eps, pi = self.bank_commit, pi.double()
+
+        def objective(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # w (B, M, k + 1)
+            gw = w @ gram  # (B, M, k + 1): (G w)_k
+            m = ((gw * w).sum(-1, keepdim=True) - 2 * gw + diag[:, None]).clamp_min(0.0)
+            return (pi[:, None] * torch.log(m + eps)).sum(-1), m
+
+        # the objective has a local minimum near each candidate that is far from the others:
+        # descend from the blend and from near each candidate alone, keep the best
+        eye = torch.eye(k + 1, dtype=gram.dtype, device=gram.device).expand(b, k + 1, k + 1)
+        w = torch.cat([pi[:, None], 0.9 * eye + 0.1 * pi[:, None]], dim=1)  # (B, k + 2, k + 1)
+        for _ in range(COMMIT_STEPS):
+            _, m = objective(w)
+            coef = pi[:, None] / (m + eps)  # (B, starts, k + 1)
+            # d m_k / d w_j = 2 (G w)_j − 2 G_kj
+            grad = 2 * (w @ gram) * coef.sum(dim=-1, keepdim=True) - 2 * coef @ gram
+            w = w.clamp_min(1e-9) * torch.exp(-COMMIT_STEP * grad / grad.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12))
+            w = w / w.sum(dim=-1, keepdim=True)
+        # the best of those, the blend and each candidate alone
+        tried = torch.cat([w, pi[:, None], eye], dim=1)
+        w = tried.gather(1, objective(tried)[0].argmin(dim=1)[:, None, None].expand(b, 1, k + 1))[:, 0]
+        out = torch.zeros_like(p)
+        return out.scatter(1, top, (w[:, 1:] * st.double()).to(p.dtype))
 
     def candidate_views(self, view: torch.Tensor, f16: torch.Tensor, pooled: torch.Tensor,
                         candidates: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:

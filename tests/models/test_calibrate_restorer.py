@@ -56,17 +56,19 @@ def test_refuses_a_model_without_a_bank(tmp_path):
 
 
 def test_strength_shift_crops_and_a_calibration_on_top(tmp_path, capsys):
-    """``--bank-strength-shift`` adds to the strength logits alone; ``--bank-crops`` goes to
-    the weights' config; ``--on-top`` composes with the calibration the weights carry
+    """``--bank-strength-shift`` adds to the strength logits alone; ``--bank-crops`` and
+    ``--bank-commit`` go to the weights' config; ``--on-top`` composes with the calibration the weights carry
     (T₀·T, D₀ + T₀·D) and the card keeps the earlier entry."""
     model, url = _banked(tmp_path)
     assert main([url, str(tmp_path / "first"), "--bank-temperature", "0.7", "--bank-none-shift", "1.5",
                  "--chosen-on", "a twin"]) == 0
     first = capsys.readouterr().out.strip()
     assert main([first, str(tmp_path / "second"), "--bank-temperature", "0.5", "--bank-none-shift", "1.0",
-                 "--bank-strength-shift", "2.0", "--bank-crops", "0.7", "--on-top", "--chosen-on", "the same twin"]) == 0
+                 "--bank-strength-shift", "2.0", "--bank-crops", "0.7", "--bank-commit", "0.002", "--on-top",
+                 "--chosen-on", "the same twin"]) == 0
     second = build_model(capsys.readouterr().out.strip())
     assert second.bank_crops == 0.7 and second.weights_config["bank_crops"] == 0.7
+    assert second.bank_commit == 0.002 and second.weights_config["bank_commit"] == 0.002
     feats = torch.randn(6, model.bank_mean.numel())
     with torch.no_grad():
         want, strength = model.bank_logits(feats)
@@ -75,11 +77,14 @@ def test_strength_shift_crops_and_a_calibration_on_top(tmp_path, capsys):
     torch.testing.assert_close(got, want / (0.7 * 0.5), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_strength, strength + 2.0, rtol=0, atol=1e-5)
     cal = second.weights_card["bank_calibration"]
-    assert (cal["temperature"], cal["none_shift"], cal["strength_shift"], cal["crops"]) == (0.5, 1.0, 2.0, 0.7)
+    assert (cal["temperature"], cal["none_shift"], cal["strength_shift"], cal["crops"], cal["commit"]) == (
+        0.5, 1.0, 2.0, 0.7, 0.002)
     assert cal["previous"]["temperature"] == 0.7 and cal["previous"]["chosen_on"] == "a twin"
     assert cal["chosen_on"] == "the same twin"
     with pytest.raises(ValueError, match="bank-crops"):
         main([url, str(tmp_path / "bad"), "--bank-crops", "1.0", "--chosen-on", "x"])
+    with pytest.raises(ValueError, match="bank-commit"):
+        main([url, str(tmp_path / "bad"), "--bank-commit", "1.5", "--chosen-on", "x"])
 
 
 def test_strength_stretch_spreads_the_read_strengths_about_the_centre(tmp_path, capsys):
