@@ -110,18 +110,14 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--bank-verify-beta needs a model with a verifier (bank_verify)")
         model.bank_verify_beta.fill_(args.bank_verify_beta)
         label += f" (verifier beta {args.bank_verify_beta:g})"
-    if args.bank_crops is not None:
-        try:
-            model.set_bank_crops(args.bank_crops)
-        except ValueError as e:
-            ap.error(f"--bank-crops: {e}")
-        label += f" (bank crops {args.bank_crops:g})"
-    if args.bank_commit is not None:
-        try:
-            model.set_bank_commit(args.bank_commit)
-        except ValueError as e:
-            ap.error(f"--bank-commit: {e}")
-        label += f" (bank commit {args.bank_commit:g})"
+    for flag, value, setter in (("crops", args.bank_crops, model.set_bank_crops),
+                                ("commit", args.bank_commit, model.set_bank_commit)):
+        if value is not None:
+            try:
+                setter(value)
+            except ValueError as e:
+                ap.error(f"--bank-{flag}: {e}")
+            label += f" (bank {flag} {value:g})"
     if (args.bank_temperature != 1.0 or args.bank_none_shift or args.bank_cast_shift or args.bank_strength_shift
             or args.bank_strength_stretch != 1.0):
         model.calibrate_bank(args.bank_temperature, args.bank_none_shift, args.bank_cast_shift,

@@ -177,8 +177,8 @@ class Restorer(nn.Module):
         if bank < 0 or bank_heads < 1 or bank_verify < 0:
             raise ValueError(f"Restorer: bank and bank_verify must be >= 0 and bank_heads >= 1, "
                              f"got {bank}, {bank_verify}, {bank_heads}")
-        bank_crops = self._crop_fraction(bank_crops)
-        bank_commit = self._commit_floor(bank_commit)
+        bank_crops = self._off_or_unit("bank_crops", bank_crops, "a fraction")
+        bank_commit = self._off_or_unit("bank_commit", bank_commit, "an error floor")
         self.encoder_kind = encoder
         self.lut_size, self.lut_basis_count = int(lut_size), int(lut_basis)
         self.grid_size, self.grid_bins = int(grid_size), int(grid_bins)
@@ -347,30 +347,25 @@ class Restorer(nn.Module):
         return F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
 
     @staticmethod
-    def _crop_fraction(fraction: float) -> float:
-        if not (fraction == 0 or 0 < fraction < 1):
-            raise ValueError(f"Restorer: bank_crops must be 0 (off) or a fraction in (0, 1), got {fraction}")
-        return float(fraction)
+    def _off_or_unit(name: str, value: float, what: str) -> float:
+        """An inference setting that is 0 (off) or a ``what`` in (0, 1)."""
+        if not (value == 0 or 0 < value < 1):
+            raise ValueError(f"Restorer: {name} must be 0 (off) or {what} in (0, 1), got {value}")
+        return float(value)
 
     def set_bank_crops(self, fraction: float) -> None:
         """Read ``fraction`` corner crops from now on (0: the whole view alone); the
         weights' config carries it once saved."""
         if not self.bank_size:
             raise ValueError("Restorer.set_bank_crops: this model has no filter bank")
-        self.bank_crops = self._crop_fraction(fraction)
-
-    @staticmethod
-    def _commit_floor(floor: float) -> float:
-        if not (floor == 0 or 0 < floor < 1):
-            raise ValueError(f"Restorer: bank_commit must be 0 (off) or an error floor in (0, 1), got {floor}")
-        return float(floor)
+        self.bank_crops = self._off_or_unit("bank_crops", fraction, "a fraction")
 
     def set_bank_commit(self, floor: float) -> None:
         """Decide the bank's weights by ``commit_weights`` with this error floor from now on
         (0: the probability-weighted blend); the weights' config carries it once saved."""
         if not self.bank_size:
             raise ValueError("Restorer.set_bank_commit: this model has no filter bank")
-        self.bank_commit = self._commit_floor(floor)
+        self.bank_commit = self._off_or_unit("bank_commit", floor, "an error floor")
 
     def bank_crop_views(self, x: torch.Tensor) -> torch.Tensor | None:
         """``(B, 3, H, W)`` → the four corner crops the bank's classifiers also read
