@@ -431,19 +431,20 @@ class Restorer(nn.Module):
             probs = self._bank_probs(feats, crop_feats)
             if self.bank_verify:
                 probs = self.verify_probs(view, f16, pooled, feats, probs)
+            cast = self.cast_weight(feats, probs) if self.bank_casts else None  # (weight, log gains)
             if self.bank_commit and not self.training:
-                bank_w = self.commit_weights(view, lut, grid, probs)
+                bank_w, cast_w = self.commit_weights(view, lut, grid, probs, cast)
             else:
-                bank_w = self.bank_weights(feats, probs)
+                bank_w, cast_w = self.bank_weights(feats, probs), None if cast is None else cast[0]
+                if cast is not None:
+                    bank_w = bank_w * (1.0 - cast_w)[:, None]
             if record is not None:
                 record["bank_probs"] = torch.stack([p for p, _ in probs]).mean(dim=0)
                 record["bank_strength"] = torch.stack([s for _, s in probs]).mean(dim=0)
-            if self.bank_casts:
-                p_cast, log_gains = self.cast_weight(feats, probs)
+            if cast is not None:
                 if record is not None:
-                    record["cast_weight"], record["cast_log_gains"] = p_cast, log_gains
-                bank_w = bank_w * (1.0 - p_cast)[:, None]
-                lut = lut + p_cast[:, None, None, None, None] * self.cast_inverse_delta(log_gains)
+                    record["cast_weight"], record["cast_log_gains"] = cast_w, cast[1]
+                lut = lut + cast_w[:, None, None, None, None] * self.cast_inverse_delta(cast[1])
         lut = lut + torch.einsum("bn,ncdhw->bcdhw", bank_w, self.bank_luts)
         if self.bank_grids:
             grid = grid + torch.einsum("bn,ncdhw->bcdhw", bank_w, self.bank_grid_deltas)
@@ -511,15 +512,20 @@ class Restorer(nn.Module):
         return weights[0] if len(weights) == 1 else torch.stack(weights).mean(dim=0)
 
     def commit_weights(self, view: torch.Tensor, lut: torch.Tensor, grid: torch.Tensor,
-                       probs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """The bank's weights ``(B, bank)`` as the action that maximises the expected PSNR of
-        the result, not as the probability-weighted blend (``bank_weights``).
+                       probs: list[tuple[torch.Tensor, torch.Tensor]],
+                       cast: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The bank's weights ``(B, bank)`` (and the cast inverse's ``(B,)``, None without
+        ``cast``) as the action that maximises the expected PSNR of the result, not as the
+        probability-weighted blend (``bank_weights``, the cast's weight on top).
 
         Candidates: "no bank entry" and the ``COMMIT_CANDIDATES`` most probable filters,
         each restoring the view at its predicted strength (``lut``/``grid``: the learnt
-        path's, which every candidate shares; no cast). With π their probabilities
-        (renormalised) and m_k(w) the mean squared difference between the mix Σ_j w_j·y_j
-        and candidate k's restoration y_k, the weights minimise Σ_k π_k·log(m_k(w) + ε),
+        path's, which every candidate shares), and with ``cast`` (``cast_weight``'s weight
+        and log gains) the cast's inverse as one more, with that weight as its
+        probability (the others' scaled by 1 − it, as the blend scales them). With π
+        their probabilities (renormalised) and m_k(w) the mean squared difference between
+        the mix Σ_j w_j·y_j and candidate k's restoration y_k, the weights minimise
+        Σ_k π_k·log(m_k(w) + ε),
         ε = ``bank_commit`` (the error a right candidate still leaves): the expected
         −PSNR if candidate k is the truth. The blend minimises the expected squared error
         instead; the mean PSNR over images rewards committing to the likely candidate
@@ -537,41 +543,46 @@ class Restorer(nn.Module):
         pi = pi / pi.sum(dim=1, keepdim=True).clamp_min(1e-12)  # (B, k + 1)
         # each candidate's restoration of the view: the learnt path + that one bank entry
         st = s.gather(1, top)  # (B, k)
-        luts = lut[:, None].expand(b, k + 1, *lut.shape[1:]).clone()
-        luts[:, 1:] += st[:, :, None, None, None, None] * self.bank_luts[top]
-        grids = grid[:, None].expand(b, k + 1, *grid.shape[1:])
+        luts = [lut[:, None], lut[:, None] + st[:, :, None, None, None, None] * self.bank_luts[top]]
+        if cast is not None:
+            pi = torch.cat([pi * (1.0 - cast[0])[:, None], cast[0][:, None]], dim=1)
+            luts.append((lut + self.cast_inverse_delta(cast[1]))[:, None])
+        luts = torch.cat(luts, dim=1)
+        n = luts.shape[1]  # candidates
+        grids = grid[:, None].expand(b, n, *grid.shape[1:])
         if self.bank_grids:
             grids = grids.clone()
-            grids[:, 1:] += st[:, :, None, None, None, None] * self.bank_grid_deltas[top]
+            grids[:, 1:k + 1] += st[:, :, None, None, None, None] * self.bank_grid_deltas[top]
         small = F.interpolate(view, size=(COMMIT_SIDE, COMMIT_SIDE), mode="area") if view.shape[-1] > COMMIT_SIDE else view
-        views = small[:, None].expand(b, k + 1, *small.shape[1:]).flatten(0, 1)
+        views = small[:, None].expand(b, n, *small.shape[1:]).flatten(0, 1)
         y = self.apply(views, luts.flatten(0, 1), grids.flatten(0, 1)).clamp(0, 1)
-        y = (torch.round(y * 255) / 255).view(b, k + 1, -1).double()
-        gram = y @ y.transpose(1, 2) / y.shape[-1]  # (B, k + 1, k + 1)
+        y = (torch.round(y * 255) / 255).view(b, n, -1).double()
+        gram = y @ y.transpose(1, 2) / y.shape[-1]  # (B, n, n)
         diag = gram.diagonal(dim1=1, dim2=2)
         eps, pi = self.bank_commit, pi.double()
 
-        def objective(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # w (B, M, k + 1)
-            gw = w @ gram  # (B, M, k + 1): (G w)_k
+        def objective(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # w (B, M, n)
+            gw = w @ gram  # (B, M, n): (G w)_k
             m = ((gw * w).sum(-1, keepdim=True) - 2 * gw + diag[:, None]).clamp_min(0.0)
             return (pi[:, None] * torch.log(m + eps)).sum(-1), m
 
         # the objective has a local minimum near each candidate that is far from the others:
         # descend from the blend and from near each candidate alone, keep the best
-        eye = torch.eye(k + 1, dtype=gram.dtype, device=gram.device).expand(b, k + 1, k + 1)
-        w = torch.cat([pi[:, None], 0.9 * eye + 0.1 * pi[:, None]], dim=1)  # (B, k + 2, k + 1)
+        eye = torch.eye(n, dtype=gram.dtype, device=gram.device).expand(b, n, n)
+        w = torch.cat([pi[:, None], 0.9 * eye + 0.1 * pi[:, None]], dim=1)  # (B, n + 1, n)
         for _ in range(COMMIT_STEPS):
             _, m = objective(w)
-            coef = pi[:, None] / (m + eps)  # (B, starts, k + 1)
+            coef = pi[:, None] / (m + eps)  # (B, starts, n)
             # d m_k / d w_j = 2 (G w)_j − 2 G_kj
             grad = 2 * (w @ gram) * coef.sum(dim=-1, keepdim=True) - 2 * coef @ gram
             w = w.clamp_min(1e-9) * torch.exp(-COMMIT_STEP * grad / grad.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12))
             w = w / w.sum(dim=-1, keepdim=True)
         # the best of those, the blend and each candidate alone
         tried = torch.cat([w, pi[:, None], eye], dim=1)
-        w = tried.gather(1, objective(tried)[0].argmin(dim=1)[:, None, None].expand(b, 1, k + 1))[:, 0]
+        w = tried.gather(1, objective(tried)[0].argmin(dim=1)[:, None, None].expand(b, 1, n))[:, 0]
         out = torch.zeros_like(p)
-        return out.scatter(1, top, (w[:, 1:] * st.double()).to(p.dtype))
+        bank_w = out.scatter(1, top, (w[:, 1:k + 1] * st.double()).to(p.dtype))
+        return bank_w, (w[:, k + 1].to(p.dtype) if cast is not None else None)
 
     def candidate_views(self, view: torch.Tensor, f16: torch.Tensor, pooled: torch.Tensor,
                         candidates: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:

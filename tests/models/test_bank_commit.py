@@ -8,6 +8,8 @@ probability-weighted blend.
   and to "no bank entry" when that is the likely one;
 - the solution scores at least as well as the best weights on a fine grid of the simplex,
   computed here from the candidates' restorations made with ``heads(known_bank=…)``;
+- with a cast head the cast's inverse is one more candidate: a huge floor gives the
+  blend's weights back (filters scaled by 1 − the cast's), a small one commits to it;
 - training keeps the blend (gradients reach the classifier), eval mode commits.
 """
 import itertools
@@ -66,7 +68,8 @@ def test_a_huge_floor_gives_the_blend_back():
     model = _bank(bank_commit=0.9)
     view, _, _, lut, grid = _inputs(model)
     probs = _probs([0.3, 0.25, 0.15], [0.9, 0.6, 0.8])  # "no bank entry" 0.3
-    got = model.commit_weights(view, lut, grid, probs)
+    got, cast_w = model.commit_weights(view, lut, grid, probs)
+    assert cast_w is None  # no cast head
     want = model.bank_weights(torch.zeros(1, 1), probs)  # P · strength
     torch.testing.assert_close(got, want, rtol=0, atol=2e-3)
 
@@ -74,14 +77,14 @@ def test_a_huge_floor_gives_the_blend_back():
 def test_a_small_floor_commits_to_the_likely_candidate():
     model = _bank(bank_commit=1e-4)
     view, _, _, lut, grid = _inputs(model)
-    got = model.commit_weights(view, lut, grid, _probs([0.6, 0.15, 0.1], [0.9, 0.6, 0.8]))
+    got = model.commit_weights(view, lut, grid, _probs([0.6, 0.15, 0.1], [0.9, 0.6, 0.8]))[0]
     # (nearly all: a sliver of the others lowers the log error their being right would leave,
     # at next to no cost)
     torch.testing.assert_close(got, torch.tensor([[0.9, 0.0, 0.0]]), rtol=0, atol=0.01)
     # the blend would have applied 0.6 · 0.9 of the first inverse and some of the others
     assert float(model.bank_weights(torch.zeros(1, 1), _probs([0.6, 0.15, 0.1], [0.9, 0.6, 0.8]))[0, 1]) > 0.05
     # "no bank entry" the likely one: nothing from the bank
-    got = model.commit_weights(view, lut, grid, _probs([0.1, 0.1, 0.05], [0.9, 0.6, 0.8]))
+    got = model.commit_weights(view, lut, grid, _probs([0.1, 0.1, 0.05], [0.9, 0.6, 0.8]))[0]
     torch.testing.assert_close(got, torch.zeros(1, 3), rtol=0, atol=0.01)
 
 
@@ -107,7 +110,7 @@ def test_the_weights_are_at_least_as_good_as_the_best_on_a_grid_of_the_simplex()
         return float(sum(pk * np.log(float(((mix - yk) ** 2).mean()) + eps) for pk, yk in zip(pi, restored)))
 
     with torch.no_grad():
-        got = model.commit_weights(view, lut, grid, _probs(p, s))[0]
+        got = model.commit_weights(view, lut, grid, _probs(p, s))[0][0]
     w = [1 - float(got[0] / s[0] + got[1] / s[1]), float(got[0] / s[0]), float(got[1] / s[1])]
     steps = np.linspace(0, 1, 51)
     grid_best = min(objective((1 - a - b, a, b)) for a, b in itertools.product(steps, steps) if a + b <= 1)
@@ -140,7 +143,20 @@ def test_commit_on_cuda_matches_the_cpu():
     model = _bank(bank_commit=1e-3)
     view, _, _, lut, grid = _inputs(model)
     probs = _probs([0.45, 0.3, 0.1], [0.8, 0.7, 0.9])
-    want = model.commit_weights(view, lut, grid, probs)
+    want = model.commit_weights(view, lut, grid, probs)[0]
     gpu = model.to("cuda")
-    got = gpu.commit_weights(view.cuda(), lut.cuda(), grid.cuda(), [(p.cuda(), s.cuda()) for p, s in probs])
+    got = gpu.commit_weights(view.cuda(), lut.cuda(), grid.cuda(), [(p.cuda(), s.cuda()) for p, s in probs])[0]
     torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-3)
+
+
+def test_the_cast_is_one_more_candidate():
+    cast = (torch.tensor([0.7]), torch.tensor([[0.3, 0.0, -0.4]]))  # (weight, log gains): a strong warm cast
+    probs = _probs([0.1, 0.05, 0.05], [0.9, 0.6, 0.8])
+    model = _bank(bank_commit=0.9)
+    view, _, _, lut, grid = _inputs(model)
+    bank_w, cast_w = model.commit_weights(view, lut, grid, probs, cast)
+    torch.testing.assert_close(bank_w, model.bank_weights(torch.zeros(1, 1), probs) * 0.3, rtol=0, atol=2e-3)
+    torch.testing.assert_close(cast_w, torch.tensor([0.7]), rtol=0, atol=2e-3)
+    model.set_bank_commit(1e-4)
+    bank_w, cast_w = model.commit_weights(view, lut, grid, probs, cast)
+    assert float(cast_w) > 0.97 and float(bank_w.abs().max()) < 0.02
