@@ -400,8 +400,9 @@ class Restorer(nn.Module):
         classifier recognises, and no cast — the model told the look (a diagnostic: how much
         of blind removal is recognition). ``record`` (a dict): filled with what the bank
         recognised — ``bank_probs`` / ``bank_strength`` ``(B, bank)`` (averaged over the
-        classifiers, after the verifier), with a cast head ``cast_weight`` ``(B,)`` and
-        ``cast_log_gains`` ``(B, 3)`` — for a manifest to report per image. ``crop_views``
+        classifiers, after the verifier), with a cast head ``cast_weight`` ``(B,)`` (the
+        weight the cast's inverse got: ``cast_weight``'s, or with ``bank_commit`` the
+        decision's) and ``cast_log_gains`` ``(B, 3)`` — for a manifest to report per image. ``crop_views``
         ``(B, n, 3, s, s)`` (``bank_crop_views``): more views of each image for the
         classifiers (``_bank_probs``); without them they read the whole view alone."""
         stats = self.encoder is None
