@@ -3,7 +3,7 @@ cast (per-channel gains) and which gains, so a cast is taken off instead of bein
 the warm or cool filter it resembles.
 
     python -m chromabeam.models.bank_casts WEIGHTS OUT [--samples 30000] [--cast-prob 0.3]
-        [--cast-shift S --chosen-on "…"] [--cache DIR]
+        [--cast-shift S --chosen-on "…"] [--replace] [--cache DIR]
 
 A cast is the commonest "grade" a catalogue holds and no filter inverse undoes it: before
 this head the bank's classifier put about half its weight on warm filters' inverses for a
@@ -12,7 +12,8 @@ warm photo (docs/restorer.md). ``train_restorer.train_cast_head`` fits the head 
 gains, ``train_restorer.sample_cast``), the rest what the restorer trains on (clean
 photos, filters, grades); the head uses the bank's own feature standardisation and the
 classifier, grids and heads are kept bit for bit. ``--cast-shift`` adds S to the cast
-logit (chosen on photos the model never saw). Saved through the registry under its new
+logit (chosen on photos the model never saw). ``--replace`` trains a new head in place of
+the one the weights have (the card keeps the old entry under ``bank_casts.previous``). Saved through the registry under its new
 content name, with the original card plus a ``bank_casts`` entry.
 """
 from __future__ import annotations
@@ -39,13 +40,16 @@ log = logging.getLogger("chromabeam.bank_casts")
 
 
 def add_cast_head(weights: str, out: str, looks: PhotoLooks, *, samples: int = 30000, crop: int = 128,
-                  epochs: int = 30, seed: int = 0, cast_shift: float = 0.0, chosen_on: str | None = None) -> str:
+                  epochs: int = 30, seed: int = 0, cast_shift: float = 0.0, chosen_on: str | None = None,
+                  replace: bool = False) -> str:
     """``weights`` with a cast head trained on ``samples`` looks of ``looks`` (whose
-    ``cast_prob`` sets the share of casts), saved under ``out``; returns its URL."""
+    ``cast_prob`` sets the share of casts), saved under ``out``; returns its URL. Weights
+    that already have one are refused unless ``replace``."""
     base = bank_model(weights, "bank_casts")
-    if base.bank_casts:
+    previous = base.weights_card.get("bank_casts") if base.bank_casts else None
+    if base.bank_casts and not replace:
         raise ValueError(f"bank_casts: {storage.redact(weights)} already has a cast head "
-                         f"({base.weights_card.get('bank_casts')}); train it on the weights it came from")
+                         f"({previous}); train it on the weights it came from, or pass --replace")
     if cast_shift and not chosen_on:
         raise ValueError("bank_casts: say how --cast-shift was chosen (--chosen-on)")
     card, applied_to = derived_card(base, weights)
@@ -61,7 +65,7 @@ def add_cast_head(weights: str, out: str, looks: PhotoLooks, *, samples: int = 3
                                              "photos": "the TRAIN photos of training_data"},
                           "head": report, "seed": seed, "seconds": round(time.time() - t, 1),
                           **({"cast_shift": cast_shift, "chosen_on": chosen_on} if cast_shift else {}),
-                          "applied_to": applied_to}
+                          "applied_to": applied_to, **({"previous": previous} if previous else {})}
     return save_weights(model, model.config, out, card)
 
 
@@ -73,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--cast-shift", type=float, default=0.0, help="added to the cast logit (calibration)")
     ap.add_argument("--chosen-on", default=None, help="how --cast-shift was chosen (goes to the card)")
+    ap.add_argument("--replace", action="store_true", help="train a new head in place of the weights' own")
     args = ap.parse_args(argv)
     bank_tool_setup(args)
     looks = PhotoLooks.from_photos(args.cache, identity_prob=0.25, perturb_prob=0.3, cast_prob=args.cast_prob,
                                    jpeg_prob=args.jpeg_prob)
     print(add_cast_head(args.weights, args.out, looks, samples=args.samples, epochs=args.epochs, seed=args.seed,
-                        cast_shift=args.cast_shift, chosen_on=args.chosen_on))
+                        cast_shift=args.cast_shift, chosen_on=args.chosen_on, replace=args.replace))
     return 0
 
 

@@ -392,15 +392,17 @@ def bank_model(weights: str, tool: str) -> Restorer:
 
 def with_new_bank_head(base: Restorer, flags: dict, new_prefix: str, *, seed: int | None, tool: str) -> Restorer:
     """``base`` rebuilt with ``flags`` (e.g. ``{"bank_casts": True}``) that add one head
-    (or buffer), whose state starts with ``new_prefix``: everything else is ``base``'s,
-    bit for bit; a new head's initial weights come from ``seed`` (the same command makes
+    (or buffer), whose state starts with ``new_prefix`` (a fresh one, also where ``base``
+    had one): everything else is ``base``'s, bit for bit; a new head's initial weights come from ``seed`` (the same command makes
     the same file; None: nothing new is random). Keeps ``base``'s card (the bank's
     filter names)."""
     config = {k: v for k, v in base.weights_config.items() if k != "model"}
     if seed is not None:
         torch.manual_seed(seed)
     model = Restorer(**config, **flags, pretrained=False).eval()
-    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    # a head ``base`` already has under ``new_prefix`` is replaced, not carried over
+    state = {k: v for k, v in base.state_dict().items() if not k.startswith(new_prefix)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith(new_prefix) for k in missing):
         raise ValueError(f"{tool}: cannot extend this model (missing {missing}, unexpected {unexpected})")
     model.chunk_pixels = base.chunk_pixels
