@@ -399,7 +399,7 @@ def with_new_bank_head(base: Restorer, flags: dict, new_prefix: str, *, seed: in
     config = {k: v for k, v in base.weights_config.items() if k != "model"}
     if seed is not None:
         torch.manual_seed(seed)
-    model = Restorer(**config, **flags, pretrained=False).eval()
+    model = Restorer(**{**config, **flags}, pretrained=False).eval()
     # a head ``base`` already has under ``new_prefix`` is replaced, not carried over
     state = {k: v for k, v in base.state_dict().items() if not k.startswith(new_prefix)}
     missing, unexpected = model.load_state_dict(state, strict=False)
