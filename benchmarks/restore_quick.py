@@ -7,8 +7,8 @@ checkpoints; ``benchmarks/restore_quality.py`` is the benchmark.
 
     python benchmarks/restore_quick.py WEIGHTS.safetensors|CHECKPOINT_DIR [--size 512]
         [--photos eval|holdout:FRACTION|packages:NAME,…] [--bank-temperature T] [--bank-none-shift D]
-        [--bank-cast-shift S] [--bank-strength-shift B] [--bank-strength-stretch K] [--bank-verify-beta B] [--bank-crops F]
-        [--bank-commit EPS]
+        [--bank-cast-shift S] [--bank-strength-shift B] [--bank-strength-stretch K] [--bank-verify-beta B]
+        [--bank-crops F] [--bank-commit EPS]
         [--path exact|fast] [--jpeg QUALITY] [--known-filter] [--oracle-candidates K]
 
 A CHECKPOINT_DIR is a ``chromabeam train restorer`` checkpoint folder (``model.safetensors``

@@ -3,7 +3,7 @@ cast (per-channel gains) and which gains, so a cast is taken off instead of bein
 the warm or cool filter it resembles.
 
     python -m chromabeam.models.bank_casts WEIGHTS OUT [--samples 30000] [--cast-prob 0.3]
-        [--cast-shift S --chosen-on "…"] [--replace] [--cache DIR]
+        [--cast-shift S --chosen-on "…"] [--replace] [--holdout-photos F] [--cache DIR]
 
 A cast is the commonest "grade" a catalogue holds and no filter inverse undoes it: before
 this head the bank's classifier put about half its weight on warm filters' inverses for a
@@ -13,8 +13,11 @@ gains, ``train_restorer.sample_cast``), the rest what the restorer trains on (cl
 photos, filters, grades); the head uses the bank's own feature standardisation and the
 classifier, grids and heads are kept bit for bit. ``--cast-shift`` adds S to the cast
 logit (chosen on photos the model never saw). ``--replace`` trains a new head in place of
-the one the weights have (the card keeps the old entry under ``bank_casts.previous``). Saved through the registry under its new
-content name, with the original card plus a ``bank_casts`` entry.
+the one the weights have (the card keeps the old entry under ``bank_casts.previous``).
+``--holdout-photos F`` leaves out the TRAIN photos ``photos.holdout_split(F)`` holds out,
+as ``chromabeam train restorer --holdout-photos`` does: a twin's head, scored on them.
+Saved through the registry under its new content name, with the original card plus a
+``bank_casts`` entry.
 """
 from __future__ import annotations
 
@@ -41,10 +44,11 @@ log = logging.getLogger("chromabeam.bank_casts")
 
 def add_cast_head(weights: str, out: str, looks: PhotoLooks, *, samples: int = 30000, crop: int = 128,
                   epochs: int = 30, seed: int = 0, cast_shift: float = 0.0, chosen_on: str | None = None,
-                  replace: bool = False) -> str:
+                  replace: bool = False, holdout: float = 0.0) -> str:
     """``weights`` with a cast head trained on ``samples`` looks of ``looks`` (whose
     ``cast_prob`` sets the share of casts), saved under ``out``; returns its URL. Weights
-    that already have one are refused unless ``replace``."""
+    that already have one are refused unless ``replace``; ``holdout``: the share of TRAIN
+    photos ``looks`` left out, for the card."""
     base = bank_model(weights, "bank_casts")
     previous = base.weights_card.get("bank_casts") if base.bank_casts else None
     if base.bank_casts and not replace:
@@ -62,7 +66,8 @@ def add_cast_head(weights: str, out: str, looks: PhotoLooks, *, samples: int = 3
         model.calibrate_bank(cast_shift=cast_shift)
     card["bank_casts"] = {"training_looks": {"samples": samples, "crop": crop, "cast_prob": looks.cast_prob,
                                              "jpeg_prob": looks.jpeg_prob,
-                                             "photos": "the TRAIN photos of training_data"},
+                                             "photos": "the TRAIN photos of training_data"
+                                             + (f" without the {holdout:g} held out" if holdout else "")},
                           "head": report, "seed": seed, "seconds": round(time.time() - t, 1),
                           **({"cast_shift": cast_shift, "chosen_on": chosen_on} if cast_shift else {}),
                           "applied_to": applied_to, **({"previous": previous} if previous else {})}
@@ -78,12 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cast-shift", type=float, default=0.0, help="added to the cast logit (calibration)")
     ap.add_argument("--chosen-on", default=None, help="how --cast-shift was chosen (goes to the card)")
     ap.add_argument("--replace", action="store_true", help="train a new head in place of the weights' own")
+    ap.add_argument("--holdout-photos", type=float, default=0.0, metavar="F",
+                    help="leave out the TRAIN photos photos.holdout_split(F) holds out (a twin's head)")
     args = ap.parse_args(argv)
     bank_tool_setup(args)
     looks = PhotoLooks.from_photos(args.cache, identity_prob=0.25, perturb_prob=0.3, cast_prob=args.cast_prob,
-                                   jpeg_prob=args.jpeg_prob)
+                                   jpeg_prob=args.jpeg_prob, holdout=args.holdout_photos)
     print(add_cast_head(args.weights, args.out, looks, samples=args.samples, epochs=args.epochs, seed=args.seed,
-                        cast_shift=args.cast_shift, chosen_on=args.chosen_on, replace=args.replace))
+                        cast_shift=args.cast_shift, chosen_on=args.chosen_on, replace=args.replace,
+                        holdout=args.holdout_photos))
     return 0
 
 

@@ -402,8 +402,8 @@ class Restorer(nn.Module):
         recognised — ``bank_probs`` / ``bank_strength`` ``(B, bank)`` (averaged over the
         classifiers, after the verifier), with a cast head ``cast_weight`` ``(B,)`` (the
         weight the cast's inverse got: ``cast_weight``'s, or with ``bank_commit`` the
-        decision's) and ``cast_log_gains`` ``(B, 3)`` — for a manifest to report per image. ``crop_views``
-        ``(B, n, 3, s, s)`` (``bank_crop_views``): more views of each image for the
+        decision's) and ``cast_log_gains`` ``(B, 3)`` — for a manifest to report per image.
+        ``crop_views`` ``(B, n, 3, s, s)`` (``bank_crop_views``): more views of each image for the
         classifiers (``_bank_probs``); without them they read the whole view alone."""
         stats = self.encoder is None
         if self.hist_bins and not stats:
@@ -435,9 +435,10 @@ class Restorer(nn.Module):
             cast = self.cast_weight(feats, probs) if self.bank_casts else None  # (weight, log gains)
             if self.bank_commit and not self.training:
                 bank_w, cast_w = self.commit_weights(view, lut, grid, probs, cast)
-            else:
-                bank_w, cast_w = self.bank_weights(feats, probs), None if cast is None else cast[0]
+            else:  # the blend; the filters make room for the cast's share
+                bank_w, cast_w = self.bank_weights(feats, probs), None
                 if cast is not None:
+                    cast_w = cast[0]
                     bank_w = bank_w * (1.0 - cast_w)[:, None]
             if record is not None:
                 record["bank_probs"] = torch.stack([p for p, _ in probs]).mean(dim=0)
@@ -514,7 +515,8 @@ class Restorer(nn.Module):
 
     def commit_weights(self, view: torch.Tensor, lut: torch.Tensor, grid: torch.Tensor,
                        probs: list[tuple[torch.Tensor, torch.Tensor]],
-                       cast: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       cast: tuple[torch.Tensor, torch.Tensor] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The bank's weights ``(B, bank)`` (and the cast inverse's ``(B,)``, None without
         ``cast``) as the action that maximises the expected PSNR of the result, not as the
         probability-weighted blend (``bank_weights``, the cast's weight on top).
@@ -526,15 +528,15 @@ class Restorer(nn.Module):
         probability (the others' scaled by 1 − it, as the blend scales them). With π
         their probabilities (renormalised) and m_k(w) the mean squared difference between
         the mix Σ_j w_j·y_j and candidate k's restoration y_k, the weights minimise
-        Σ_k π_k·log(m_k(w) + ε),
-        ε = ``bank_commit`` (the error a right candidate still leaves): the expected
-        −PSNR if candidate k is the truth. The blend minimises the expected squared error
-        instead; the mean PSNR over images rewards committing to the likely candidate
-        when the candidates' restorations are far apart, and hedging when they are close
-        or the probabilities are (docs/restorer.md "Committing"). The objective has a local
-        minimum near each candidate far from the others, so it is solved by exponentiated
-        gradient on the simplex from the blend and from near each candidate alone, and the
-        best of those, the blend and each candidate alone is kept. ε → ∞ gives the blend back."""
+        Σ_k π_k·log(m_k(w) + ε), ε = ``bank_commit`` (the error a right candidate still
+        leaves): the expected −PSNR if candidate k is the truth. The blend minimises the
+        expected squared error instead; the mean PSNR over images rewards committing to the
+        likely candidate when the candidates' restorations are far apart, and hedging when
+        they are close or the probabilities are (docs/restorer.md "Committing"). The
+        objective has a local minimum near each candidate far from the others, so it is
+        solved by exponentiated gradient on the simplex from the blend and from near each
+        candidate alone, and the best of those, the blend and each candidate alone is kept.
+        ε → ∞ gives the blend back."""
         p = torch.stack([q for q, _ in probs]).mean(dim=0)
         s = torch.stack([t for _, t in probs]).mean(dim=0)
         b = p.shape[0]
@@ -554,7 +556,9 @@ class Restorer(nn.Module):
         if self.bank_grids:
             grids = grids.clone()
             grids[:, 1:k + 1] += st[:, :, None, None, None, None] * self.bank_grid_deltas[top]
-        small = F.interpolate(view, size=(COMMIT_SIDE, COMMIT_SIDE), mode="area") if view.shape[-1] > COMMIT_SIDE else view
+        small = view
+        if view.shape[-1] > COMMIT_SIDE:
+            small = F.interpolate(view, size=(COMMIT_SIDE, COMMIT_SIDE), mode="area")
         views = small[:, None].expand(b, n, *small.shape[1:]).flatten(0, 1)
         y = self.apply(views, luts.flatten(0, 1), grids.flatten(0, 1)).clamp(0, 1)
         y = (torch.round(y * 255) / 255).view(b, n, -1).double()
@@ -576,7 +580,8 @@ class Restorer(nn.Module):
             coef = pi[:, None] / (m + eps)  # (B, starts, n)
             # d m_k / d w_j = 2 (G w)_j − 2 G_kj
             grad = 2 * (w @ gram) * coef.sum(dim=-1, keepdim=True) - 2 * coef @ gram
-            w = w.clamp_min(1e-9) * torch.exp(-COMMIT_STEP * grad / grad.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12))
+            step = COMMIT_STEP * grad / grad.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12)
+            w = w.clamp_min(1e-9) * torch.exp(-step)
             w = w / w.sum(dim=-1, keepdim=True)
         # the best of those, the blend and each candidate alone
         tried = torch.cat([w, pi[:, None], eye], dim=1)

@@ -393,9 +393,9 @@ def bank_model(weights: str, tool: str) -> Restorer:
 def with_new_bank_head(base: Restorer, flags: dict, new_prefix: str, *, seed: int | None, tool: str) -> Restorer:
     """``base`` rebuilt with ``flags`` (e.g. ``{"bank_casts": True}``) that add one head
     (or buffer), whose state starts with ``new_prefix`` (a fresh one, also where ``base``
-    had one): everything else is ``base``'s, bit for bit; a new head's initial weights come from ``seed`` (the same command makes
-    the same file; None: nothing new is random). Keeps ``base``'s card (the bank's
-    filter names)."""
+    had one): everything else is ``base``'s, bit for bit; a new head's initial weights
+    come from ``seed`` (the same command makes the same file; None: nothing new is
+    random). Keeps ``base``'s card (the bank's filter names)."""
     config = {k: v for k, v in base.weights_config.items() if k != "model"}
     if seed is not None:
         torch.manual_seed(seed)

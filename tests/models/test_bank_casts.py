@@ -194,7 +194,7 @@ def test_bank_casts_command_extends_trained_weights(tmp_path, cast_looks):
         add_cast_head(out, str(tmp_path / "again"), cast_looks, samples=8, crop=64, epochs=1)
     # --replace: a new head (another seed here), everything else bit for bit, the old entry kept
     replaced = add_cast_head(out, str(tmp_path / "replaced"), cast_looks, samples=200, crop=64, epochs=2, seed=1,
-                             replace=True)
+                             replace=True, holdout=0.2)
     new_state, old_state = build_model(replaced).state_dict(), extended.state_dict()
     for k, v in new_state.items():
         if k.startswith("bank_cast_head."):
@@ -204,6 +204,7 @@ def test_bank_casts_command_extends_trained_weights(tmp_path, cast_looks):
     assert not torch.equal(new_state["bank_cast_head.0.weight"], old_state["bank_cast_head.0.weight"])
     new_card = json.loads(open(replaced[: -len(".safetensors")] + ".json").read())["bank_casts"]
     assert new_card["seed"] == 1 and new_card["previous"]["cast_shift"] == 0.5
+    assert new_card["training_looks"]["photos"].endswith("without the 0.2 held out")
     assert build_model(out).weights_sha256 in new_card["applied_to"]
     with pytest.raises(ValueError, match="chosen-on"):
         add_cast_head(url, str(tmp_path / "x"), cast_looks, samples=8, crop=64, epochs=1, cast_shift=1.0)
