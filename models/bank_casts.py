@@ -2,7 +2,7 @@
 cast (per-channel gains) and which gains, so a cast is taken off instead of being read as
 the warm or cool filter it resembles.
 
-    python -m chromabeam.models.bank_casts WEIGHTS OUT [--samples 30000] [--cast-prob 0.3]
+    python -m chromabeam.models.bank_casts WEIGHTS OUT [--samples 30000] [--cast-prob 0.3] [--heads K]
         [--cast-shift S --chosen-on "…"] [--replace] [--holdout-photos F] [--cache DIR]
 
 A cast is the commonest "grade" a catalogue holds and no filter inverse undoes it: before
@@ -14,7 +14,10 @@ photos, filters, grades); the head uses the bank's own feature standardisation a
 classifier, grids and heads are kept bit for bit. ``--cast-shift`` adds S to the cast
 logit (chosen on photos the model never saw). ``--replace`` trains a new head in place of
 the one the weights have (the card keeps the old entry under ``bank_casts.previous``).
-``--holdout-photos F`` leaves out the TRAIN photos ``photos.holdout_split(F)`` holds out,
+``--heads K`` trains K heads, head i as ``--seed SEED+i`` alone would (its own
+looks and initial weights), and the model averages what they say: a head's reading of
+warm scenes against warm casts varies by a dB or more with the looks it happened to see
+(docs/restorer.md). ``--holdout-photos F`` leaves out the TRAIN photos ``photos.holdout_split(F)`` holds out,
 as ``chromabeam train restorer --holdout-photos`` does: a twin's head, scored on them.
 Saved through the registry under its new content name, with the original card plus a
 ``bank_casts`` entry.
@@ -43,12 +46,15 @@ log = logging.getLogger("chromabeam.bank_casts")
 
 
 def add_cast_head(weights: str, out: str, looks: PhotoLooks, *, samples: int = 30000, crop: int = 128,
-                  epochs: int = 30, seed: int = 0, cast_shift: float = 0.0, chosen_on: str | None = None,
-                  replace: bool = False, holdout: float = 0.0) -> str:
-    """``weights`` with a cast head trained on ``samples`` looks of ``looks`` (whose
-    ``cast_prob`` sets the share of casts), saved under ``out``; returns its URL. Weights
-    that already have one are refused unless ``replace``; ``holdout``: the share of TRAIN
-    photos ``looks`` left out, for the card."""
+                  epochs: int = 30, seed: int = 0, heads: int = 1, cast_shift: float = 0.0,
+                  chosen_on: str | None = None, replace: bool = False, holdout: float = 0.0) -> str:
+    """``weights`` with ``heads`` cast heads trained on ``samples`` looks of ``looks`` each
+    (whose ``cast_prob`` sets the share of casts), saved under ``out``; returns its URL.
+    Head i is what ``heads=1, seed=seed + i`` trains, bit for bit: its own initial weights
+    and its own draw of looks. Weights that already have a cast head are refused unless
+    ``replace``; ``holdout``: the share of TRAIN photos ``looks`` left out, for the card."""
+    if heads < 1:
+        raise ValueError(f"bank_casts: heads must be >= 1, got {heads}")
     base = bank_model(weights, "bank_casts")
     previous = base.weights_card.get("bank_casts") if base.bank_casts else None
     if base.bank_casts and not replace:
@@ -57,18 +63,31 @@ def add_cast_head(weights: str, out: str, looks: PhotoLooks, *, samples: int = 3
     if cast_shift and not chosen_on:
         raise ValueError("bank_casts: say how --cast-shift was chosen (--chosen-on)")
     card, applied_to = derived_card(base, weights)
-    model = with_new_bank_head(base, {"bank_casts": True}, "bank_cast_head.", seed=seed, tool="bank_casts")
     t = time.time()
-    feats, is_cast, gains = cast_dataset(model, looks, samples, crop, np.random.default_rng(seed + 7))
-    log.info("bank_casts: %d labelled looks (%d casts) in %.0f s", len(is_cast), int(is_cast.sum()), time.time() - t)
-    report = train_cast_head(model, feats, is_cast, gains, epochs=epochs, seed=seed, log_fn=log.info)
+    trained, reports = [], []
+    for i in range(heads):
+        model = with_new_bank_head(base, {"bank_casts": True, "bank_cast_heads": 1}, "bank_cast_head.",
+                                   seed=seed + i, tool="bank_casts")
+        feats, is_cast, gains = cast_dataset(model, looks, samples, crop, np.random.default_rng(seed + i + 7))
+        log.info("bank_casts: head %d/%d: %d labelled looks (%d casts) in %.0f s", i + 1, heads, len(is_cast),
+                 int(is_cast.sum()), time.time() - t)
+        reports.append(train_cast_head(model, feats, is_cast, gains, epochs=epochs, seed=seed + i, log_fn=log.info))
+        trained.append(model.bank_cast_head)
+    if heads > 1:  # the heads side by side; they average what they say (Restorer.bank_cast)
+        model = with_new_bank_head(base, {"bank_casts": True, "bank_cast_heads": heads}, "bank_cast_head.",
+                                   seed=None, tool="bank_casts")
+        for dst, src in zip(model.bank_cast_head_list(), trained):
+            dst.load_state_dict(src.state_dict())
     if cast_shift:
         model.calibrate_bank(cast_shift=cast_shift)
     card["bank_casts"] = {"training_looks": {"samples": samples, "crop": crop, "cast_prob": looks.cast_prob,
                                              "jpeg_prob": looks.jpeg_prob,
                                              "photos": "the TRAIN photos of training_data"
                                              + (f" without the {holdout:g} held out" if holdout else "")},
-                          "head": report, "seed": seed, "seconds": round(time.time() - t, 1),
+                          **({"head": reports[0], "seed": seed} if heads == 1 else
+                             {"heads": [{"seed": seed + i, **r} for i, r in enumerate(reports)],
+                              "averaged": "mean P(cast); gains weighted by each head's P"}),
+                          "seconds": round(time.time() - t, 1),
                           **({"cast_shift": cast_shift, "chosen_on": chosen_on} if cast_shift else {}),
                           "applied_to": applied_to, **({"previous": previous} if previous else {})}
     return save_weights(model, model.config, out, card)
@@ -80,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cast-prob", type=float, default=0.3, help="share of those looks that are casts")
     ap.add_argument("--jpeg-prob", type=float, default=0.0, help="share of looks round-tripped through a JPEG")
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--heads", type=int, default=1,
+                    help="cast heads, head i trained as --seed SEED+i alone would be; they average what they say")
     ap.add_argument("--cast-shift", type=float, default=0.0, help="added to the cast logit (calibration)")
     ap.add_argument("--chosen-on", default=None, help="how --cast-shift was chosen (goes to the card)")
     ap.add_argument("--replace", action="store_true", help="train a new head in place of the weights' own")
@@ -90,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     looks = PhotoLooks.from_photos(args.cache, identity_prob=0.25, perturb_prob=0.3, cast_prob=args.cast_prob,
                                    jpeg_prob=args.jpeg_prob, holdout=args.holdout_photos)
     print(add_cast_head(args.weights, args.out, looks, samples=args.samples, epochs=args.epochs, seed=args.seed,
+                        heads=args.heads,
                         cast_shift=args.cast_shift, chosen_on=args.chosen_on, replace=args.replace,
                         holdout=args.holdout_photos))
     return 0

@@ -34,7 +34,8 @@ Instagram-style filters are mostly global tone/colour curves plus smooth spatial
     view is a white-balance cast (per-channel gains, which no filter inverse undoes) and
     regresses its log gains; the cast's inverse (a per-channel scale, as a LUT) is added
     with weight P(cast) × (1 − the top filter's probability), and the filters' weights
-    are scaled by 1 − that weight (``cast_weight``). With ``bank_verify=K`` a verifier
+    are scaled by 1 − that weight (``cast_weight``); with ``bank_cast_heads=K`` K such
+    heads, trained on different draws of looks, average what they say. With ``bank_verify=K`` a verifier
     gets a second opinion: the K most probable filters and "no bank entry" each restore
     the view, the verifier scores the restorations, and those candidates' mass is shared
     again as P · exp(β · score) (``verify_probs``; measured, not shipped: docs/restorer.md).
@@ -130,7 +131,7 @@ class Restorer(nn.Module):
     """``Restorer(lut_size=17, lut_basis=8, grid_size=16, grid_bins=8, view_size=256,
     width=64, hist_bins=0, encoder="efficientnet", pretrained=True, bank=0,
     bank_consistency=False, bank_other=False, bank_heads=1, bank_shading=False,
-    bank_grids=False, bank_casts=False, bank_verify=0)``. With the
+    bank_grids=False, bank_casts=False, bank_cast_heads=1, bank_verify=0)``. With the
     EfficientNet encoder, ``hist_bins > 0`` adds colour statistics of the view to the
     heads (per-channel soft histograms for the global path, each grid cell's mean colour
     for the local path); with ``encoder="stats"`` the heads see colour statistics only
@@ -160,6 +161,7 @@ class Restorer(nn.Module):
         bank_shading: bool = False,
         bank_grids: bool = False,
         bank_casts: bool = False,
+        bank_cast_heads: int = 1,
         bank_verify: int = 0,
         bank_crops: float = 0.0,
         bank_commit: float = 0.0,
@@ -174,9 +176,9 @@ class Restorer(nn.Module):
             )
         if encoder not in ENCODERS:
             raise ValueError(f"Restorer: encoder must be one of {ENCODERS}, got {encoder!r}")
-        if bank < 0 or bank_heads < 1 or bank_verify < 0:
-            raise ValueError(f"Restorer: bank and bank_verify must be >= 0 and bank_heads >= 1, "
-                             f"got {bank}, {bank_verify}, {bank_heads}")
+        if bank < 0 or bank_heads < 1 or bank_cast_heads < 1 or bank_verify < 0:
+            raise ValueError(f"Restorer: bank and bank_verify must be >= 0, bank_heads and bank_cast_heads >= 1, "
+                             f"got {bank}, {bank_verify}, {bank_heads}, {bank_cast_heads}")
         bank_crops = self._off_or_unit("bank_crops", bank_crops, "a fraction")
         bank_commit = self._off_or_unit("bank_commit", bank_commit, "an error floor")
         self.encoder_kind = encoder
@@ -228,6 +230,7 @@ class Restorer(nn.Module):
         self.bank_shading = bool(bank_shading) and self.bank_size > 0
         self.bank_grids = bool(bank_grids) and self.bank_size > 0
         self.bank_casts = bool(bank_casts) and self.bank_size > 0
+        self.bank_cast_head_count = int(bank_cast_heads) if self.bank_casts else 1
         self.bank_verify = min(int(bank_verify), self.bank_size)
         self.bank_crops = bank_crops if self.bank_size else 0.0
         self.bank_commit = bank_commit if self.bank_size else 0.0
@@ -252,7 +255,9 @@ class Restorer(nn.Module):
             # one head keeps the single-head layout (``bank_head.N.*``) of earlier weights
             self.bank_head = heads[0] if self.bank_head_count == 1 else nn.ModuleList(heads)
             if self.bank_casts:
-                self.bank_cast_head = self._new_cast_head(n_feat)
+                casts = [self._new_cast_head(n_feat) for _ in range(self.bank_cast_head_count)]
+                # one head keeps the layout (``bank_cast_head.N.*``) of earlier weights
+                self.bank_cast_head = casts[0] if self.bank_cast_head_count == 1 else nn.ModuleList(casts)
             if self.bank_verify:
                 self.bank_verify_head = self._new_verify_head(n_feat)
                 # how much the verifier's score counts against the classifier's log P
@@ -306,6 +311,13 @@ class Restorer(nn.Module):
         """The bank's classifiers (one unless ``bank_heads`` > 1)."""
         return list(self.bank_head) if isinstance(self.bank_head, nn.ModuleList) else [self.bank_head]
 
+    def bank_cast_head_list(self) -> list[nn.Module]:
+        """The bank's cast heads (one unless ``bank_cast_heads`` > 1; none without ``bank_casts``)."""
+        if not self.bank_casts:
+            return []
+        head = self.bank_cast_head
+        return list(head) if isinstance(head, nn.ModuleList) else [head]
+
     @property
     def config(self) -> dict:
         """Constructor arguments (what the weight registry stores to rebuild the model)."""
@@ -326,6 +338,7 @@ class Restorer(nn.Module):
             **({"bank_shading": True} if self.bank_shading else {}),
             **({"bank_grids": True} if self.bank_grids else {}),
             **({"bank_casts": True} if self.bank_casts else {}),
+            **({"bank_cast_heads": self.bank_cast_head_count} if self.bank_cast_head_count > 1 else {}),
             **({"bank_verify": self.bank_verify} if self.bank_verify else {}),
             **({"bank_crops": self.bank_crops} if self.bank_crops else {}),
             **({"bank_commit": self.bank_commit} if self.bank_commit else {}),
@@ -648,9 +661,16 @@ class Restorer(nn.Module):
 
     def bank_cast(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``bank_inputs`` ``(B, F)`` → (P(the view is a white-balance cast) ``(B,)``, the
-        cast's predicted log gains ``(B, 3)``: encoded value × exp(gain) per channel)."""
-        out = self.bank_cast_head((feats - self.bank_mean) / self.bank_scale)
-        return torch.sigmoid(out[:, 0]), out[:, 1:4]
+        cast's predicted log gains ``(B, 3)``: encoded value × exp(gain) per channel). With
+        several cast heads: their mean P, and their gains weighted by each head's P (a head's
+        gains are trained on casts only, so they count as much as it believes in one)."""
+        z = (feats - self.bank_mean) / self.bank_scale
+        outs = torch.stack([head(z) for head in self.bank_cast_head_list()])  # (K, B, 4)
+        p = torch.sigmoid(outs[..., 0])
+        if len(outs) == 1:
+            return p[0], outs[0, :, 1:4]
+        gains = (p[..., None] * outs[..., 1:4]).sum(0) / p.sum(0).clamp_min(1e-12)[:, None]
+        return p.mean(0), gains
 
     def cast_weight(self, feats: torch.Tensor,
                     probs: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -703,7 +723,8 @@ class Restorer(nn.Module):
             if cast_shift:
                 if not self.bank_casts:
                     raise ValueError("Restorer.calibrate_bank: cast_shift needs a model with bank_casts")
-                self.bank_cast_head[-1].bias[0] += cast_shift
+                for head in self.bank_cast_head_list():
+                    head[-1].bias[0] += cast_shift
 
     def set_bank(self, tables: torch.Tensor, forward: torch.Tensor | None = None,
                  grids: torch.Tensor | None = None) -> None:

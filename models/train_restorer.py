@@ -611,8 +611,9 @@ def train_cast_head(model: Restorer, feats: torch.Tensor, is_cast: torch.Tensor,
     casts."""
     import torch.nn.functional as F
 
-    if not model.bank_casts:
-        raise ValueError("train_cast_head: the model has no cast head (bank_casts)")
+    if not model.bank_casts or model.bank_cast_head_count != 1:
+        raise ValueError("train_cast_head: the model needs exactly one cast head (bank_casts, bank_cast_heads 1); "
+                         "models.bank_casts trains several one by one")
     g = torch.Generator().manual_seed(seed)
     n_hold = int(len(is_cast) * holdout)
     order = torch.randperm(len(is_cast), generator=g)
@@ -697,7 +698,7 @@ def _bank_heads(model: Restorer) -> list[torch.nn.Module]:
     """The bank's trained-apart heads: the classifier(s), and the cast head and verifier if any."""
     if not model.bank_size:
         return []
-    return ([model.bank_head] + ([model.bank_cast_head] if model.bank_casts else [])
+    return ([model.bank_head] + model.bank_cast_head_list()
             + ([model.bank_verify_head] if model.bank_verify else []))
 
 

@@ -214,6 +214,54 @@ def test_bank_casts_command_extends_trained_weights(tmp_path, cast_looks):
         add_cast_head(plain_url, str(tmp_path / "y"), cast_looks, samples=8, crop=64, epochs=1)
 
 
+def test_several_cast_heads_average_what_they_say():
+    torch.manual_seed(5)
+    model = Restorer(**SMALL, bank=2, bank_casts=True, bank_cast_heads=3, pretrained=False).eval()
+    assert model.config["bank_cast_heads"] == 3 and len(model.bank_cast_head_list()) == 3
+    assert "bank_cast_heads" not in Restorer(**SMALL, bank=2, bank_casts=True, pretrained=False).config
+    with pytest.raises(ValueError, match="bank_cast_heads"):
+        Restorer(**SMALL, bank=2, bank_casts=True, bank_cast_heads=0, pretrained=False)
+    said = [(-1.0, (0.3, 0.0, -0.4)), (1.0, (0.1, 0.0, -0.2)), (-80.0, (5.0, 5.0, 5.0))]
+    with torch.no_grad():
+        for head, (logit, gains) in zip(model.bank_cast_head_list(), said):
+            head[-1].weight.zero_()
+            head[-1].bias.copy_(torch.tensor([logit, *gains]))
+    feats = torch.randn(2, model.bank_mean.numel())
+    with torch.no_grad():
+        p, gains = model.bank_cast(feats)
+    ps = [1 / (1 + math.exp(-z)) for z, _ in said]
+    assert p.tolist() == pytest.approx([sum(ps) / 3] * 2, abs=1e-6)
+    # a head that sees no cast has no say in the gains: P-weighted, the third one's 5s vanish
+    want = [sum(pk * g[c] for pk, (_, g) in zip(ps, said)) / sum(ps) for c in range(3)]
+    assert gains[0].tolist() == pytest.approx(want, abs=1e-5)
+    model.calibrate_bank(cast_shift=2.0)  # every head's logit moves
+    assert [h[-1].bias[0].item() for h in model.bank_cast_head_list()] == pytest.approx([1.0, 3.0, -78.0])
+    with pytest.raises(ValueError, match="exactly one cast head"):
+        train_cast_head(model, feats, torch.zeros(2), torch.zeros(2, 3), epochs=1)
+
+
+def test_bank_casts_heads_are_the_single_head_runs_side_by_side(tmp_path, cast_looks):
+    torch.manual_seed(4)
+    model = Restorer(**SMALL, bank=40, pretrained=False).eval()
+    model.set_bank(torch.rand(40, 3, 9, 9, 9))
+    url = save_weights(model, model.config, str(tmp_path / "in"), {"task": "test"})
+    both_url = add_cast_head(url, str(tmp_path / "both"), cast_looks, samples=120, crop=64, epochs=2, seed=3,
+                             heads=2)
+    both = build_model(both_url)
+    assert both.weights_config["bank_cast_heads"] == 2
+    for i, head in enumerate(both.bank_cast_head_list()):
+        alone = build_model(add_cast_head(url, str(tmp_path / f"alone{i}"), cast_looks, samples=120, crop=64,
+                                          epochs=2, seed=3 + i)).bank_cast_head
+        for k, v in head.state_dict().items():
+            torch.testing.assert_close(v, alone.state_dict()[k], rtol=0, atol=0)
+    card = both.weights_card["bank_casts"]
+    assert [h["seed"] for h in card["heads"]] == [3, 4] and all(h["casts"] > 20 for h in card["heads"])
+    # --replace of an averaged head by a single one
+    single = build_model(add_cast_head(both_url, str(tmp_path / "single"), cast_looks, samples=60, crop=64,
+                                       epochs=1, replace=True))
+    assert single.bank_cast_head_count == 1 and "bank_cast_heads" not in single.weights_config
+
+
 @pytest.mark.parametrize("flag, head", [({"bank_casts": True}, "bank_cast_head"),
                                         ({"bank_verify": 2}, "bank_verify_head")])
 def test_the_trainer_treats_the_cast_head_and_the_verifier_like_the_classifier(flag, head):
