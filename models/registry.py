@@ -118,14 +118,16 @@ def derived_card(module: nn.Module, source: str) -> tuple[dict, str]:
     the new sha256), and the text naming what it was applied to.
 
     Notes added to the source's ``.json`` sidecar after it was saved (a benchmark, the
-    training commands) are carried over too; the source's ``benchmark`` becomes
+    training commands, or a note the file carries extended there) are carried over too; the source's ``benchmark`` becomes
     ``previous_benchmark`` (it measured the source, not the new weights)."""
     card = {k: v for k, v in module.weights_card.items() if k not in ("sha256", "benchmark")}
     sidecar_url = source[: -len(".safetensors")] + ".json" if source.endswith(".safetensors") else None
     sidecar = json.loads(storage.read_bytes(sidecar_url)) if sidecar_url and storage.exists(sidecar_url) else {}
     if sidecar.get("sha256") == module.weights_sha256:  # a sidecar of other weights says nothing of these
+        # the sidecar is the file's card as later extended (a training command appended to
+        # the list the file carries): where both have a note, the sidecar's is the newer
         for k, v in sidecar.items():
-            if k not in card and k not in _CARD_FIELDS and k not in ("benchmark", "previous_benchmark"):
+            if k not in _CARD_FIELDS and k not in ("benchmark", "previous_benchmark"):
                 card[k] = v
         if "benchmark" in sidecar:
             card["previous_benchmark"] = {"weights": storage.basename(source), **sidecar["benchmark"]}

@@ -197,12 +197,14 @@ def test_a_derived_card_carries_the_sidecar_notes_and_demotes_its_benchmark(tmp_
 
     torch.manual_seed(0)
     model = Restorer(encoder="stats", view_size=64, width=8, lut_basis=2, pretrained=False)
-    url = save_weights(model, model.config, str(tmp_path), {"task": "restore", "steps": 5})
+    url = save_weights(model, model.config, str(tmp_path), {"task": "restore", "steps": 5, "training_command": ["a"]})
     sidecar = url[: -len(".safetensors")] + ".json"
     card = json.loads(open(sidecar).read())
+    # the file's own note extended in the sidecar: the extended one is carried
     card.update({"benchmark": {"iffi": 28.2}, "previous_benchmark": {"iffi": 27.0}, "training_command": ["a", "b"]})
     open(sidecar, "w").write(json.dumps(card))
     loaded = build_model(url)
+    assert loaded.weights_card["training_command"] == ["a"]
     derived, applied_to = derived_card(loaded, url)
     assert derived["training_command"] == ["a", "b"] and derived["steps"] == 5
     assert derived["previous_benchmark"] == {"weights": os.path.basename(url), "iffi": 28.2}
@@ -211,4 +213,4 @@ def test_a_derived_card_carries_the_sidecar_notes_and_demotes_its_benchmark(tmp_
     card["sha256"] = "0" * 64
     open(sidecar, "w").write(json.dumps(card))
     derived, _ = derived_card(loaded, url)
-    assert "training_command" not in derived and "previous_benchmark" not in derived
+    assert derived["training_command"] == ["a"] and "previous_benchmark" not in derived
