@@ -17,8 +17,9 @@ the one the weights have (the card keeps the old entry under ``bank_casts.previo
 ``--heads K`` trains K heads, head i as ``--seed SEED+i`` alone would (its own
 looks and initial weights), and the model averages what they say: a head's reading of
 warm scenes against warm casts varies by a dB or more with the looks it happened to see
-(docs/restorer.md). ``--holdout-photos F`` leaves out the TRAIN photos ``photos.holdout_split(F)`` holds out,
-as ``chromabeam train restorer --holdout-photos`` does: a twin's head, scored on them.
+(docs/restorer.md). ``--holdout-photos F`` leaves out the TRAIN photos
+``photos.holdout_split(F)`` holds out, as ``chromabeam train restorer --holdout-photos``
+does: a twin's head, scored on them.
 Saved through the registry under its new content name, with the original card plus a
 ``bank_casts`` entry.
 """
@@ -111,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     looks = PhotoLooks.from_photos(args.cache, identity_prob=0.25, perturb_prob=0.3, cast_prob=args.cast_prob,
                                    jpeg_prob=args.jpeg_prob, holdout=args.holdout_photos)
     print(add_cast_head(args.weights, args.out, looks, samples=args.samples, epochs=args.epochs, seed=args.seed,
-                        heads=args.heads,
-                        cast_shift=args.cast_shift, chosen_on=args.chosen_on, replace=args.replace,
+                        heads=args.heads, cast_shift=args.cast_shift, chosen_on=args.chosen_on, replace=args.replace,
                         holdout=args.holdout_photos))
     return 0
 

@@ -118,8 +118,9 @@ def derived_card(module: nn.Module, source: str) -> tuple[dict, str]:
     the new sha256), and the text naming what it was applied to.
 
     Notes added to the source's ``.json`` sidecar after it was saved (a benchmark, the
-    training commands, or a note the file carries extended there) are carried over too; the source's ``benchmark`` becomes
-    ``previous_benchmark`` (it measured the source, not the new weights)."""
+    training commands, or a note the file carries extended there) are carried over too;
+    the source's ``benchmark`` becomes ``previous_benchmark`` (it measured the source, not
+    the new weights)."""
     card = {k: v for k, v in module.weights_card.items() if k not in ("sha256", "benchmark")}
     sidecar_url = source[: -len(".safetensors")] + ".json" if source.endswith(".safetensors") else None
     sidecar = json.loads(storage.read_bytes(sidecar_url)) if sidecar_url and storage.exists(sidecar_url) else {}

@@ -35,8 +35,8 @@ Instagram-style filters are mostly global tone/colour curves plus smooth spatial
     regresses its log gains; the cast's inverse (a per-channel scale, as a LUT) is added
     with weight P(cast) × (1 − the top filter's probability), and the filters' weights
     are scaled by 1 − that weight (``cast_weight``); with ``bank_cast_heads=K`` K such
-    heads, trained on different draws of looks, average what they say. With ``bank_verify=K`` a verifier
-    gets a second opinion: the K most probable filters and "no bank entry" each restore
+    heads, trained on different draws of looks, average what they say. With
+    ``bank_verify=K`` a verifier gets a second opinion: the K most probable filters and "no bank entry" each restore
     the view, the verifier scores the restorations, and those candidates' mass is shared
     again as P · exp(β · score) (``verify_probs``; measured, not shipped: docs/restorer.md).
     With ``bank_crops=f`` (0 < f < 1) the classifiers also read four corner crops of the

@@ -226,7 +226,8 @@ def test_the_manifest_says_what_the_shipped_model_recognised_in_each_image(tmp_p
     rows = _rows(out)
     seen = {k: json.loads(r["params"]) for k, r in rows.items()}
     assert all(p["device"] == "cpu" and p["exact"] is False for p in seen.values())  # the step's params stay
-    # measured (fast path, restorer-82d9f99786d6; the same with d366d20a2792): nashville P 1.00, 1977 P 1.00, the clean photo P(none) 0.72
+    # measured (fast path, restorer-82d9f99786d6; the same with d366d20a2792): nashville P 1.00, 1977 P 1.00,
+    # the clean photo P(none) 0.72
     # (the next most likely reading, lofi, 0.10; 0.81 / 0.07 before its "no filter" shift of 0.5)
     for f in ("nashville", "1977"):
         rec = seen[f]["recognised"]
