@@ -99,7 +99,7 @@ from chromabeam.transforms.ops.dncm import (
 )
 from chromabeam.transforms.ops.shading_stats import shading_feature_count, shading_statistics
 
-__all__ = ["Restorer", "soft_histogram"]
+__all__ = ["Restorer", "quantile_normal", "soft_histogram"]
 
 _LUMA_709 = (0.2126, 0.7152, 0.0722)
 ENCODERS = ("efficientnet", "stats")
@@ -116,6 +116,42 @@ COMMIT_STEPS = 60
 COMMIT_STEP = 0.25
 _CAST_HIDDEN = 256
 _VERIFY_HIDDEN = 256
+
+
+# quantile_normal: values at or beyond a feature's outermost knot map to these levels, so
+# the normal scores stay within ±5.2 (scikit-learn's QuantileTransformer does the same)
+_QUANTILE_BOUND = 1e-7
+
+
+def quantile_normal(x: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
+    """Each feature's quantile transform to a standard normal score: ``x`` ``(B, F)``,
+    ``knots`` ``(F, Q)`` (non-decreasing rows: the feature's values at levels
+    0, 1/(Q−1), …, 1 in the data it was fitted on) → ``(B, F)``. A value's level is read
+    off its row by linear interpolation — a value on a run of equal knots gets the run's
+    middle level, as scikit-learn's ``QuantileTransformer`` does it —, values at or past
+    the outer knots get level 0 or 1, and the level goes through Φ⁻¹, clipped to ±5.2.
+    A fixed monotone map per feature: a photo whose statistics fall far out in a tail
+    reaches the classifier as a bounded score, not as many standard deviations (measured
+    in docs/restorer.md, "Features by their rank")."""
+    if x.ndim != 2 or knots.ndim != 2 or knots.shape[0] != x.shape[1] or knots.shape[1] < 2:
+        raise ValueError(f"quantile_normal: expected x (B, F) and knots (F, Q >= 2), got {tuple(x.shape)} and "
+                         f"{tuple(knots.shape)}")
+    q = knots.to(torch.float64)
+    v = x.to(torch.float64).T.contiguous()  # (F, B): one sorted row of knots per feature
+    n = q.shape[1]
+
+    def level(right: bool) -> torch.Tensor:
+        hi = torch.searchsorted(q, v, right=right).clamp(1, n - 1)
+        lo = hi - 1
+        q_lo, q_hi = q.gather(1, lo), q.gather(1, hi)
+        t = ((v - q_lo) / (q_hi - q_lo).clamp_min(1e-300)).clamp(0, 1)
+        return (lo + t) / (n - 1)
+
+    u = 0.5 * (level(True) + level(False))
+    u = torch.where(v - _QUANTILE_BOUND < q[:, :1], torch.zeros_like(u), u)
+    u = torch.where(v + _QUANTILE_BOUND > q[:, -1:], torch.ones_like(u), u)
+    z = torch.special.ndtri(u.clamp(_QUANTILE_BOUND, 1 - _QUANTILE_BOUND))
+    return z.T.to(x.dtype)
 
 
 def soft_histogram(x: torch.Tensor, bins: int) -> torch.Tensor:
@@ -165,6 +201,7 @@ class Restorer(nn.Module):
         bank_verify: int = 0,
         bank_crops: float = 0.0,
         bank_commit: float = 0.0,
+        bank_quantiles: int = 0,
     ):
         super().__init__()
         if (lut_size < 2 or lut_basis < 1 or grid_size < 1 or grid_bins < 1 or view_size < 32 or width < 1
@@ -176,6 +213,8 @@ class Restorer(nn.Module):
             )
         if encoder not in ENCODERS:
             raise ValueError(f"Restorer: encoder must be one of {ENCODERS}, got {encoder!r}")
+        if bank_quantiles < 0 or bank_quantiles == 1:
+            raise ValueError(f"Restorer: bank_quantiles must be 0 (off) or >= 2, got {bank_quantiles}")
         if bank < 0 or bank_heads < 1 or bank_cast_heads < 1 or bank_verify < 0:
             raise ValueError(f"Restorer: bank and bank_verify must be >= 0, bank_heads and bank_cast_heads >= 1, "
                              f"got {bank}, {bank_verify}, {bank_heads}, {bank_cast_heads}")
@@ -234,6 +273,7 @@ class Restorer(nn.Module):
         self.bank_verify = min(int(bank_verify), self.bank_size)
         self.bank_crops = bank_crops if self.bank_size else 0.0
         self.bank_commit = bank_commit if self.bank_size else 0.0
+        self.bank_quantiles = int(bank_quantiles) if self.bank_size else 0
         if self.bank_size:
             # The filter bank: fixed inverse LUTs (as residuals from the identity) and a
             # classifier on the view's standardised colour statistics → "which filter, how
@@ -248,6 +288,8 @@ class Restorer(nn.Module):
             if self.bank_grids:  # residuals from the identity grid, like bank_luts
                 self.register_buffer("bank_grid_deltas",
                                      torch.zeros(self.bank_size, 12, grid_bins, grid_size, grid_size))
+            if self.bank_quantiles:  # each feature's values at quantile levels 0, 1/(Q-1), ..., 1
+                self.register_buffer("bank_knots", torch.linspace(0, 1, self.bank_quantiles).repeat(n_feat, 1))
             self.register_buffer("bank_mean", torch.zeros(n_feat))
             self.register_buffer("bank_scale", torch.ones(n_feat))
             self.bank_classes = 1 + self.bank_size + int(self.bank_other)
@@ -342,6 +384,7 @@ class Restorer(nn.Module):
             **({"bank_verify": self.bank_verify} if self.bank_verify else {}),
             **({"bank_crops": self.bank_crops} if self.bank_crops else {}),
             **({"bank_commit": self.bank_commit} if self.bank_commit else {}),
+            **({"bank_quantiles": self.bank_quantiles} if self.bank_quantiles else {}),
         }
 
     @staticmethod
@@ -492,11 +535,20 @@ class Restorer(nn.Module):
         err = (back - xs).abs().amax(dim=1).view(b, n, -1)
         return torch.cat([err.mean(dim=2), (err > 3 / 255).float().mean(dim=2)], dim=1)
 
+    def bank_standardise(self, feats: torch.Tensor) -> torch.Tensor:
+        """``bank_inputs`` ``(B, F)`` → what the bank's heads read ``(B, F)``: with
+        ``bank_quantiles`` each feature first goes through its quantile transform
+        (``quantile_normal``), then every feature is standardised by ``bank_mean`` /
+        ``bank_scale``."""
+        if self.bank_quantiles:
+            feats = quantile_normal(feats, self.bank_knots)
+        return (feats - self.bank_mean) / self.bank_scale
+
     def bank_logits(self, feats: torch.Tensor, head: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """``bank_inputs`` ``(B, F)`` → one classifier's (class logits ``(B, classes)``:
         class 0 = no filter, 1..bank the filters, then "another look" with ``bank_other``;
         strength logits ``(B, bank)``)."""
-        out = self.bank_head_list()[head]((feats - self.bank_mean) / self.bank_scale)
+        out = self.bank_head_list()[head](self.bank_standardise(feats))
         return out[:, : self.bank_classes], out[:, self.bank_classes:]
 
     def _bank_probs(self, feats: torch.Tensor,
@@ -632,8 +684,7 @@ class Restorer(nn.Module):
     def verify_score(self, restored_feats: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """``bank_inputs`` of a candidate's restoration and of the input ``(B, F)`` → the
         verifier's score ``(B,)`` (higher: a better restoration)."""
-        r = (restored_feats - self.bank_mean) / self.bank_scale
-        x = (feats - self.bank_mean) / self.bank_scale
+        r, x = self.bank_standardise(restored_feats), self.bank_standardise(feats)
         return self.bank_verify_head(torch.cat([r, r - x], dim=1))[:, 0]
 
     def verify_probs(self, view: torch.Tensor, f16: torch.Tensor, pooled: torch.Tensor, feats: torch.Tensor,
@@ -664,7 +715,7 @@ class Restorer(nn.Module):
         cast's predicted log gains ``(B, 3)``: encoded value × exp(gain) per channel). With
         several cast heads: their mean P, and their gains weighted by each head's P (a head's
         gains are trained on casts only, so they count as much as it believes in one)."""
-        z = (feats - self.bank_mean) / self.bank_scale
+        z = self.bank_standardise(feats)
         outs = torch.stack([head(z) for head in self.bank_cast_head_list()])  # (K, B, 4)
         p = torch.sigmoid(outs[..., 0])
         if len(outs) == 1:

@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 
 from chromabeam.models.pairs import Pair, flip_and_stack, load_pairs
-from chromabeam.models.restorer import Restorer
+from chromabeam.models.restorer import Restorer, quantile_normal
 from chromabeam.transforms import storage
 from chromabeam.transforms.devices import resolve_device
 from chromabeam.transforms.ops.color import rgb_to_lab
@@ -541,7 +541,7 @@ def train_bank(model: Restorer, feats: torch.Tensor, labels: torch.Tensor, stren
                epochs: int = 30, lr: float = 1e-3, seed: int = 0, holdout: float = 0.1,
                log_fn: Callable[[str], None] | None = None) -> dict:
     """Fit the filter-bank classifiers of ``model`` (its bank LUTs already set): feature
-    standardisation from ``feats``, then per classifier (each on its own shuffles)
+    standardisation from ``feats`` (with ``bank_quantiles``, each feature's quantile knots first), then per classifier (each on its own shuffles)
     cross-entropy on the class + 5 · MSE of the predicted strength of the true filter.
     The last ``holdout`` of the samples is kept out and scored (top-1 accuracy of the
     classifiers' mean probabilities). Returns {"train_accuracy", "holdout_accuracy", ...}."""
@@ -551,10 +551,16 @@ def train_bank(model: Restorer, feats: torch.Tensor, labels: torch.Tensor, stren
     n_hold = int(len(labels) * holdout)
     order = torch.randperm(len(labels), generator=g)
     hold, fit = order[:n_hold], order[n_hold:]
-    mean, scale = feats[fit].mean(0), feats[fit].std(0).clamp_min(0.05)
     with torch.no_grad():
-        model.bank_mean.copy_(mean)
-        model.bank_scale.copy_(scale)
+        if model.bank_quantiles:  # each feature's quantiles on the fit looks, then its standardisation
+            levels = torch.linspace(0, 1, model.bank_quantiles, dtype=torch.float64)
+            knots = torch.quantile(feats[fit].to(torch.float64), levels, dim=0).T
+            model.bank_knots.copy_(knots.cummax(dim=1).values)
+            seen = quantile_normal(feats[fit], model.bank_knots)
+        else:
+            seen = feats[fit]
+        model.bank_mean.copy_(seen.mean(0))
+        model.bank_scale.copy_(seen.std(0).clamp_min(0.05))
 
     def accuracy(idx, heads=model.bank_head_count):  # of the first ``heads`` classifiers together
         model.bank_head.eval()
@@ -605,8 +611,8 @@ def train_cast_head(model: Restorer, feats: torch.Tensor, is_cast: torch.Tensor,
                     log_fn: Callable[[str], None] | None = None) -> dict:
     """Fit ``model.bank_cast_head`` on ``cast_dataset`` output: binary cross-entropy on
     "cast" + 10 · MSE of the log gains of the casts. The features are standardised with
-    the bank's own ``bank_mean``/``bank_scale`` (set when its classifier was trained; left
-    as they are, so the classifier is unchanged). The last ``holdout`` of the samples is
+    the bank's own ``bank_standardise`` (set when its classifier was trained; left as it
+    is, so the classifier is unchanged). The last ``holdout`` of the samples is
     scored: accuracy at P 0.5, P(cast) on casts and on the rest, mean |log-gain error| on
     casts."""
     import torch.nn.functional as F
@@ -621,7 +627,7 @@ def train_cast_head(model: Restorer, feats: torch.Tensor, is_cast: torch.Tensor,
     head = model.bank_cast_head
 
     def loss_of(idx):
-        p_logit_gain = head((feats[idx] - model.bank_mean) / model.bank_scale)
+        p_logit_gain = head(model.bank_standardise(feats[idx]))
         loss = F.binary_cross_entropy_with_logits(p_logit_gain[:, 0], is_cast[idx])
         cast = is_cast[idx] > 0
         if cast.any():
@@ -938,6 +944,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "counting them as 'no filter' (Restorer bank_other)")
     g.add_argument("--bank-shading", action="store_true",
                    help="the bank classifier also sees the view's shading statistics (Restorer bank_shading)")
+    g.add_argument("--bank-quantiles", type=int, default=0, metavar="Q",
+                   help="the bank's heads read each feature by its rank: a quantile transform to a normal score "
+                        "fitted on Q quantiles of the classifier's looks (Restorer bank_quantiles; 0: off)")
     g.add_argument("--bank-heads", type=int, default=1, metavar="K",
                    help="K bank classifiers, trained on different shuffles, average their weights")
     g.add_argument("--bank-epochs", type=int, default=30)
@@ -983,12 +992,13 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
     consistency = args.bank_consistency
     config = {k: v for k, v in base.config.items()
               if k not in ("model", "bank", "bank_consistency", "bank_other", "bank_heads", "bank_shading",
-                           "bank_grids", "bank_casts", "bank_verify")}
+                           "bank_grids", "bank_casts", "bank_verify", "bank_quantiles")}
     keep_tables = init is not None and init.bank_size == len(filters) and not consistency
     # the init's bank grids go with its tables: kept together or not at all
     grids = keep_tables and init.bank_grids
     model = Restorer(**config, bank=len(filters), bank_consistency=consistency, bank_other=args.bank_other,
-                     bank_heads=args.bank_heads, bank_shading=args.bank_shading, bank_grids=grids, pretrained=False)
+                     bank_heads=args.bank_heads, bank_shading=args.bank_shading, bank_grids=grids,
+                     bank_quantiles=args.bank_quantiles, pretrained=False)
     # an init with a bank of its own gives everything but the bank, which is rebuilt here
     missing, unexpected = model.load_state_dict(
         {k: v for k, v in base.state_dict().items() if not k.startswith("bank")}, strict=False)
@@ -1005,7 +1015,8 @@ def _with_bank(init: Restorer | None, cfg: TrainConfig, looks: PhotoLooks, args:
     info = {"filters": filters, "fit_photos": [looks.names[i] for i in chosen], "fit_side": 256,
             "classifier": {"samples": args.bank_samples, "epochs": args.bank_epochs, "crop": cfg.crop,
                            "consistency_features": consistency, "other_class": args.bank_other,
-                           "heads": args.bank_heads, "shading_features": args.bank_shading},
+                           "heads": args.bank_heads, "shading_features": args.bank_shading,
+                           **({"quantiles": args.bank_quantiles} if args.bank_quantiles else {})},
             **({"dropped_from_init": dropped} if dropped else {})}
     record = storage.join(ckpt, "bank.json")
     if _checkpoint_step(ckpt) > 0:
