@@ -1,13 +1,15 @@
 """How often the restorer's filter-bank classifier recognises a filter on photographs it
-was never trained on, with and without the shading statistics (~12 min on one core).
+was never trained on: colour statistics, with the shading statistics, and those read by
+their rank (``bank_quantiles``) (6–13 min on one core).
 
     python benchmarks/bank_recognition.py [--holdout 0.2] [--samples 30000] [--size 512] [--json OUT]
 
 The TRAIN photos are split by photograph (``photos.holdout_split``). Labelled looks of
 the fit part (the trainer's own ``PhotoLooks`` and ``bank_dataset``: 128² crops, every
 look family, the trainer's settings) train one classifier per feature set with the
-trainer's ``train_bank``; both see the same looks (the colour features are the first
-columns of the shading model's inputs). Each held-out photo, at ``--size`` px long side,
+trainer's ``train_bank``; all see the same looks (the colour features are the first
+columns of the shading model's inputs; the third set is the second through each
+feature's quantile transform, ``Restorer(bank_quantiles=64)``). Each held-out photo, at ``--size`` px long side,
 then goes through each of the 16 IFFI filters at full strength, is rounded to 8 bits and
 viewed as ``restore`` views it (the whole image, 128²); clean photos go through as they
 are. Printed: per filter and overall top-1 and mean P(true filter), and how often a clean
@@ -30,7 +32,8 @@ from chromabeam.models.train_restorer import PhotoLooks, bank_dataset, train_ban
 from chromabeam.transforms.ops.colour_stats import global_feature_count
 from chromabeam.transforms.ops.filters import IFFI_FILTERS, apply_filter
 
-FEATURE_SETS = ("colour", "colour + shading")
+FEATURE_SETS = ("colour", "colour + shading", "colour + shading, by rank")
+_QUANTILES = 64
 _MODEL = {"encoder": "stats", "view_size": 128, "width": 16, "lut_size": 9, "grid_size": 4, "lut_basis": 2}
 
 
@@ -74,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name in FEATURE_SETS:
         with_shading = name != "colour"
-        model = shading if with_shading else Restorer(**_MODEL, bank=len(filters), pretrained=False)
+        if name.endswith("by rank"):
+            model = Restorer(**_MODEL, bank=len(filters), bank_shading=True, bank_quantiles=_QUANTILES,
+                             pretrained=False)
+        else:
+            model = shading if with_shading else Restorer(**_MODEL, bank=len(filters), pretrained=False)
         cols = slice(None) if with_shading else slice(0, n_colour)
         fit = train_bank(model, feats[:, cols], labels, strengths, seed=args.seed)
         with torch.no_grad():
