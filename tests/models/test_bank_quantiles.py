@@ -17,7 +17,7 @@ import torch
 
 from chromabeam.models.registry import build_model, save_weights
 from chromabeam.models.restorer import Restorer, quantile_normal
-from chromabeam.models.train_restorer import add_train_arguments, train_bank, train_command
+from chromabeam.models.train_restorer import train_bank, train_command
 
 SMALL = {"encoder": "stats", "view_size": 64, "width": 16, "lut_size": 5, "grid_size": 4, "lut_basis": 2}
 
