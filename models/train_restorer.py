@@ -541,8 +541,9 @@ def train_bank(model: Restorer, feats: torch.Tensor, labels: torch.Tensor, stren
                epochs: int = 30, lr: float = 1e-3, seed: int = 0, holdout: float = 0.1,
                log_fn: Callable[[str], None] | None = None) -> dict:
     """Fit the filter-bank classifiers of ``model`` (its bank LUTs already set): feature
-    standardisation from ``feats`` (with ``bank_quantiles``, each feature's quantile knots first), then per classifier (each on its own shuffles)
-    cross-entropy on the class + 5 · MSE of the predicted strength of the true filter.
+    standardisation from ``feats`` (with ``bank_quantiles``, each feature's quantile knots
+    first), then per classifier (each on its own shuffles) cross-entropy on the class +
+    5 · MSE of the predicted strength of the true filter.
     The last ``holdout`` of the samples is kept out and scored (top-1 accuracy of the
     classifiers' mean probabilities). Returns {"train_accuracy", "holdout_accuracy", ...}."""
     import torch.nn.functional as F
