@@ -9,8 +9,8 @@ the fit part (the trainer's own ``PhotoLooks`` and ``bank_dataset``: 128² crops
 look family, the trainer's settings) train one classifier per feature set with the
 trainer's ``train_bank``; all see the same looks (the colour features are the first
 columns of the shading model's inputs; the third set is the second through each
-feature's quantile transform, ``Restorer(bank_quantiles=64)``). Each held-out photo, at ``--size`` px long side,
-then goes through each of the 16 IFFI filters at full strength, is rounded to 8 bits and
+feature's quantile transform, ``Restorer(bank_quantiles=64)``). Each held-out photo, at
+``--size`` px long side, then goes through each of the 16 IFFI filters at full strength, is rounded to 8 bits and
 viewed as ``restore`` views it (the whole image, 128²); clean photos go through as they
 are. Printed: per filter and overall top-1 and mean P(true filter), and how often a clean
 photo's top class is "no filter". The EVAL photos are not used.
@@ -77,11 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name in FEATURE_SETS:
         with_shading = name != "colour"
-        if name.endswith("by rank"):
+        if not with_shading:
+            model = Restorer(**_MODEL, bank=len(filters), pretrained=False)
+        elif name == "colour + shading":  # the model the looks were viewed with
+            model = shading
+        else:
             model = Restorer(**_MODEL, bank=len(filters), bank_shading=True, bank_quantiles=_QUANTILES,
                              pretrained=False)
-        else:
-            model = shading if with_shading else Restorer(**_MODEL, bank=len(filters), pretrained=False)
         cols = slice(None) if with_shading else slice(0, n_colour)
         fit = train_bank(model, feats[:, cols], labels, strengths, seed=args.seed)
         with torch.no_grad():

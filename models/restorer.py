@@ -49,6 +49,9 @@ Instagram-style filters are mostly global tone/colour curves plus smooth spatial
     With ``bank_commit=ε`` (an inference setting too; measured, not shipped) the bank's
     weights are the action with the best expected PSNR over "no bank entry" and the
     most probable filters (``commit_weights``) instead of the probability-weighted blend.
+    With ``bank_quantiles=Q`` the bank's heads read each statistic by its rank among the
+    classifier's training looks (``quantile_normal``, fitted by ``train_bank``) instead of
+    by its mean and spread (measured, not shipped).
     The bank is trained apart from the rest (``train_restorer.train_bank``,
     ``train_restorer.train_cast_head``, ``models.bank_verify``).
 
